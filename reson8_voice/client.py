@@ -1,0 +1,239 @@
+"""A thin async client for the turns and realtime endpoints, on ``websockets``.
+
+Policy-free on purpose: it connects, sends audio and flush requests, yields typed events
+and closes. Reconnection, buffering and failover belong to the pipecat service.
+
+    async with await connect_turns("ws://127.0.0.1:8765", TurnsParams(...)) as conn:
+        await conn.send_audio(chunk)
+        async for event in conn:
+            ...
+
+Upgrade rejections become :class:`BadRequest` / :class:`Unauthorized` /
+:class:`InternalServerError` carrying the server's code and message. A credential is sent
+only over ``wss`` or to a loopback host, unless ``allow_insecure=True``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import ssl
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.typing import Subprotocol
+
+from .auth import Credentials, auth_headers, redact
+from .errors import (
+    BadRequest,
+    ConnectionClosed,
+    InvalidRequest,
+    RemoteProtocolError,
+    Reson8Error,
+    handshake_error,
+)
+from .events import Event, FlushRequest
+from .params import RealtimeParams, TurnsParams, endpoint_url
+from .wire import parse_event, serialize_event
+
+__all__ = ["Reson8Connection", "connect", "connect_realtime", "connect_turns", "is_loopback"]
+
+#: The largest message either side accepts (the embedded server's limit too).
+MAX_MESSAGE_BYTES = 1 << 20
+
+P = TypeVar("P", TurnsParams, RealtimeParams)
+
+
+def is_loopback(host: str | None) -> bool:
+    """Whether ``host`` is this machine (``localhost`` or a loopback address)."""
+    if not host:
+        return False
+    if host.lower() in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Reson8Connection(Generic[P]):
+    """One open session. Iterate it for events; ``send_audio`` to stream audio.
+
+    ``recv`` raises :class:`RemoteProtocolError` for a malformed message and the connection
+    stays usable, so a caller may log, count and go on.
+    """
+
+    def __init__(self, ws: ClientConnection, params: P, url: str) -> None:
+        self._ws = ws
+        self.params: P = params
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"<Reson8Connection {self.url}>"
+
+    @property
+    def websocket(self) -> ClientConnection:
+        """The underlying websockets connection (for pings, state, addresses)."""
+        return self._ws
+
+    async def send_audio(self, audio: bytes) -> None:
+        """Send one binary audio frame (encoded as the connection's ``encoding`` says)."""
+        if len(audio) > MAX_MESSAGE_BYTES:
+            raise InvalidRequest("audio", f"a frame may hold at most {MAX_MESSAGE_BYTES} bytes")
+        try:
+            await self._ws.send(audio)
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send_event(self, event: Event) -> None:
+        """Send a client message (a :class:`FlushRequest` on the realtime endpoint)."""
+        try:
+            await self._ws.send(serialize_event(event))
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def flush(self, request_id: str | None = None) -> None:
+        """Ask the realtime server to finalise buffered audio (spec 000)."""
+        await self.send_event(FlushRequest(request_id))
+
+    async def recv(self) -> Event:
+        """The next event. Raises ConnectionClosed at the end, RemoteProtocolError if bad."""
+        try:
+            message = await self._ws.recv()
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+        if isinstance(message, bytes):
+            raise RemoteProtocolError("unexpected binary message from the server", message[:64])
+        return parse_event(message)
+
+    def __aiter__(self) -> Reson8Connection[P]:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.recv()
+        except ConnectionClosed as exc:
+            if exc.code in (1000, 1001):
+                raise StopAsyncIteration from None
+            raise
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the session (the server flushes nothing further on the turns endpoint)."""
+        await self._ws.close(code, reason)
+
+    async def __aenter__(self) -> Reson8Connection[P]:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+def _closed(exc: WsConnectionClosed) -> ConnectionClosed:
+    frame = exc.rcvd or exc.sent
+    if frame is None:
+        return ConnectionClosed(None, "")
+    return ConnectionClosed(frame.code, frame.reason)
+
+
+def _opt_str(value: object) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _rejection(exc: InvalidStatus) -> Reson8Error:
+    status = exc.response.status_code
+    code: str | None = None
+    message = ""
+    parameter: str | None = None
+    body = exc.response.body or b""
+    try:
+        data = json.loads(body)
+        if isinstance(data, dict):
+            code = _opt_str(data.get("code"))
+            message = _opt_str(data.get("message")) or ""
+            parameter = _opt_str(data.get("parameter"))
+    except ValueError:
+        message = body.decode("utf-8", "replace")[:200]
+    err = handshake_error(status, code, message)
+    if isinstance(err, BadRequest):
+        err.parameter = parameter
+    return err
+
+
+async def connect(
+    url: str,
+    params: P,
+    credentials: Credentials | None = None,
+    *,
+    allow_insecure: bool = False,
+    open_timeout: float = 10.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    ssl_context: ssl.SSLContext | None = None,
+    **ws_options: Any,
+) -> Reson8Connection[P]:
+    """Open a session on the endpoint ``params`` belongs to.
+
+    Raises:
+        InvalidRequest: bad URL, or a credential over plain ``ws`` to a remote host.
+        BadRequest | Unauthorized | InternalServerError | HandshakeError: the server
+            refused the upgrade.
+        ConnectionClosed: the server could not be reached or hung up during the handshake.
+    """
+    full_url = endpoint_url(url, params)
+    parts = urlsplit(full_url)
+    if credentials is not None and parts.scheme == "ws" and not is_loopback(parts.hostname):
+        if not allow_insecure:
+            raise InvalidRequest(
+                "url", "refusing to send credentials over plain ws:// to a non-loopback host; "
+                "use wss:// or pass allow_insecure=True")
+    headers, subprotocols = auth_headers(credentials)
+    secret = credentials.secret if credentials is not None else None
+    options: dict[str, Any] = {
+        "additional_headers": headers,
+        "subprotocols": [Subprotocol(p) for p in subprotocols] or None,
+        "open_timeout": open_timeout,
+        "ping_interval": ping_interval,
+        "ping_timeout": ping_timeout,
+        "max_size": MAX_MESSAGE_BYTES,
+        "proxy": None,
+        **ws_options,
+    }
+    if parts.scheme == "wss":
+        options["ssl"] = ssl_context or ssl.create_default_context()
+    try:
+        ws = await ws_connect(full_url, **options)
+    except InvalidStatus as exc:
+        raise _rejection(exc) from None
+    except InvalidURI as exc:
+        raise InvalidRequest("url", redact(str(exc), secret)) from None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", secret)) from None
+    except WsConnectionClosed as exc:
+        raise _closed(exc) from None
+    except Exception as exc:  # websockets' InvalidHandshake family and friends
+        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", secret)) from None
+    return Reson8Connection(ws, params, full_url)
+
+
+async def connect_turns(
+    url: str, params: TurnsParams | None = None, credentials: Credentials | None = None,
+    **options: Any,
+) -> Reson8Connection[TurnsParams]:
+    """Open a turns session (spec 001). See :func:`connect` for options and errors."""
+    return await connect(url, params or TurnsParams(), credentials, **options)
+
+
+async def connect_realtime(
+    url: str, params: RealtimeParams | None = None, credentials: Credentials | None = None,
+    **options: Any,
+) -> Reson8Connection[RealtimeParams]:
+    """Open a realtime session (spec 000). See :func:`connect` for options and errors."""
+    return await connect(url, params or RealtimeParams(), credentials, **options)
