@@ -1,0 +1,322 @@
+"""Who decides the turn: the remote service, the local VAD, or both. Sans-I/O.
+
+:class:`TurnArbiter` merges two turn sources into one stream of decisions for the pipecat
+adapter (or any other consumer):
+
+- the remote turns endpoint's events (spec 001), validated by a :class:`TurnStateMachine`;
+- the local VAD's speech starts and stops, always running on the audio being forwarded.
+
+In ``REMOTE`` mode the server decides; the local VAD may open the turn first (barge-in
+policy ``first`` or ``local``) because it hears speech ~100 ms sooner. In ``FALLBACK`` mode
+(the service unreachable, dropped, rejecting the session, or silent) the local VAD proposes
+turn start and stop, and what the server still says (transcripts of replayed audio) only
+contributes text. Turn detection is handed back to the server between turns: once the
+connection is back, the replay is sent, nobody is speaking and no server turn is open.
+
+Every method takes the current time (seconds, monotonic) and returns a list of
+:data:`Decision` values for the caller to act on, so the whole policy is testable without
+sockets, clocks or pipecat. The liveness watchdog is here too: :meth:`TurnArbiter.check`
+reports :class:`WatchdogExpired` when the server owes an event (a ``turn_start`` after
+local speech onset, a candidate after local speech end) and stays silent too long.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal, TypeAlias
+
+from .errors import RemoteProtocolError
+from .events import TurnContinuation, TurnEndCandidate, TurnEvent, TurnStart
+from .turns import CompletedTurn, TurnStateMachine
+
+__all__ = [
+    "BargeInPolicy",
+    "CancelEager",
+    "Candidate",
+    "Decision",
+    "FallbackEnded",
+    "FallbackStarted",
+    "FinalTranscript",
+    "Mode",
+    "ProposeStart",
+    "ProposeStop",
+    "ProtocolViolation",
+    "TurnArbiter",
+    "WatchdogExpired",
+]
+
+BargeInPolicy: TypeAlias = Literal["server", "local", "first"]
+
+
+class Mode(enum.Enum):
+    """Which source proposes turn boundaries."""
+
+    REMOTE = "remote"
+    FALLBACK = "fallback"
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeStart:
+    """Propose that the user started speaking (barge-in). ``source``: server or local."""
+
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProposeStop:
+    """Propose that the user's turn ended (end of utterance)."""
+
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A turn end candidate: an interim transcript, and an eager end of turn if enabled."""
+
+    event: TurnEndCandidate
+    eager: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CancelEager:
+    """The candidate was withdrawn (``turn_continuation``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FinalTranscript:
+    """The final text of a turn. ``recovered``: it came from audio replayed after an outage."""
+
+    turn: CompletedTurn
+    recovered: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackStarted:
+    """Local turn detection took over."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackEnded:
+    """The server decides turns again."""
+
+    outage_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation:
+    """The server broke the turn rules; the state was resynchronised."""
+
+    error: RemoteProtocolError
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogExpired:
+    """The server owed an event and stayed silent: treat the connection as dead."""
+
+    waited_s: float
+    expecting: str
+
+
+Decision: TypeAlias = (
+    ProposeStart | ProposeStop | Candidate | CancelEager | FinalTranscript | FallbackStarted
+    | FallbackEnded | ProtocolViolation | WatchdogExpired
+)
+
+
+class TurnArbiter:
+    """Merges server turn events and local VAD into one consistent turn stream.
+
+    Guarantees: every proposed start is followed by exactly one proposed stop before the
+    next start, no matter how the sources misbehave; a turn open when the connection dies
+    is closed with its text so far, or handed to the local VAD if the caller is still
+    speaking.
+    """
+
+    def __init__(
+        self, *, barge_in: BargeInPolicy = "first", eager: bool = False,
+        watchdog_s: float = 2.0,
+    ) -> None:
+        """Create an arbiter that starts in FALLBACK until the first connection is ready."""
+        self.barge_in: BargeInPolicy = barge_in
+        self.eager = eager
+        self.watchdog_s = watchdog_s
+        self.mode = Mode.FALLBACK
+        self.server = TurnStateMachine(peer=True)
+        self.turn_open = False  # a proposed start awaits its stop
+        self.local_speaking = False
+        self.connected = False
+        self._replay_pending = False
+        self._outage_since: float | None = 0.0
+        self._deadline: tuple[float, str] | None = None
+        self._false_start: float | None = None
+        self._local_started = 0.0
+        self._server_heard_at = -1.0
+        self._fallback_announced = False
+        #: local speech at least this long must have produced a server turn_start
+        self.min_server_speech_s = 0.6
+        #: how long a short local-only start waits for the server before it is withdrawn
+        self.false_start_s = 0.8
+
+    # -- inputs ----------------------------------------------------------------------------
+    def connection_ready(self, now: float, *, replay_pending: bool = False) -> list[Decision]:
+        """A session is open (``replay_pending``: outage audio is being replayed first)."""
+        self.connected = True
+        self._replay_pending = replay_pending
+        self.server.reset()
+        self._deadline = None
+        return self._maybe_hand_back(now)
+
+    def replay_done(self, now: float) -> list[Decision]:
+        """All replayed audio has been sent."""
+        self._replay_pending = False
+        return self._maybe_hand_back(now)
+
+    def connection_lost(self, now: float, reason: str) -> list[Decision]:
+        """The session ended (drop, rejection, watchdog). Closes or hands over its turn."""
+        self.connected = False
+        self._deadline = None
+        out: list[Decision] = []
+        closed = self.server.close()
+        if self.mode is Mode.REMOTE:
+            self.mode = Mode.FALLBACK
+            self._outage_since = now
+            out.append(FallbackStarted(reason))
+            self._fallback_announced = True
+        elif not self._fallback_announced:
+            out.append(FallbackStarted(reason))
+            self._fallback_announced = True
+        if closed is not None and closed.text:
+            out.append(FinalTranscript(closed))
+        if self.turn_open and not self.local_speaking:
+            out.append(self._stop("local"))
+        return out
+
+    def local_speech_started(self, now: float) -> list[Decision]:
+        """The local VAD confirmed speech."""
+        self.local_speaking = True
+        self._local_started = now
+        out: list[Decision] = []
+        if not self.turn_open and (self.mode is Mode.FALLBACK or self.barge_in != "server"):
+            out.append(self._start("local"))
+        return out
+
+    def local_speech_stopped(self, now: float) -> list[Decision]:
+        """The local VAD heard the speech end."""
+        self.local_speaking = False
+        out: list[Decision] = []
+        if self.mode is Mode.FALLBACK:
+            if self.turn_open:
+                out.append(self._stop("local"))
+            out.extend(self._maybe_hand_back(now))
+        elif self.server.in_turn:
+            if self.server.candidate is None:  # a pause: the server owes a candidate
+                self._deadline = (now + self.watchdog_s, "turn_end_candidate")
+        elif self._server_heard_at >= self._local_started:
+            pass  # the server already answered for this speech (its turn may be over)
+        elif now - self._local_started >= self.min_server_speech_s:
+            # speech the server must have heard, yet no turn_start: it owes one
+            self._deadline = (self._local_started + self.watchdog_s, "turn_start")
+        elif self.turn_open:
+            # too short for the server to call it speech (a click, a cough): give it a
+            # moment, then withdraw the locally opened turn
+            self._false_start = now + self.false_start_s
+        return out
+
+    def server_event(self, now: float, event: TurnEvent) -> list[Decision]:
+        """A turn event from the server; illegal sequences are reported and resynchronised."""
+        self._deadline = None
+        self._false_start = None
+        self._server_heard_at = now
+        out: list[Decision] = []
+        try:
+            turn = self.server.process(event)
+        except RemoteProtocolError as exc:
+            out.append(ProtocolViolation(exc))
+            turn = self.server.resync(event)
+            if isinstance(event, TurnContinuation):
+                return out  # nothing was pending: nothing to withdraw
+            if turn is not None and self.mode is Mode.REMOTE:
+                # a turn the server abandoned: close it with what it had said
+                out.extend(self._finish(turn))
+                if isinstance(event, TurnStart):
+                    out.extend(self._on_start())
+                return out
+        if self.mode is Mode.FALLBACK:
+            if isinstance(event, TurnEndCandidate):
+                out.append(Candidate(event, eager=False))
+            elif turn is not None:
+                if turn.text:
+                    out.append(FinalTranscript(turn, recovered=True))
+                out.extend(self._maybe_hand_back(now))
+            return out
+        if isinstance(event, TurnStart):
+            out.extend(self._on_start())
+        elif isinstance(event, TurnEndCandidate):
+            if not self.turn_open and self.barge_in != "local":
+                out.append(self._start("server"))
+            out.append(Candidate(event, eager=self.eager))
+        elif isinstance(event, TurnContinuation):
+            out.append(CancelEager())
+        elif turn is not None:
+            out.extend(self._finish(turn))
+        return out
+
+    def check(self, now: float) -> list[Decision]:
+        """The watchdog: call periodically (every ~100 ms) while connected."""
+        out: list[Decision] = []
+        if self._false_start is not None and now >= self._false_start:
+            self._false_start = None
+            if self.turn_open and not self.local_speaking and not self.server.in_turn:
+                out.append(self._stop("local"))
+        if self.connected and self._deadline is not None and now >= self._deadline[0]:
+            expecting = self._deadline[1]
+            self._deadline = None
+            out.append(WatchdogExpired(self.watchdog_s, expecting))
+        return out
+
+    def close(self, now: float) -> list[Decision]:
+        """The call is ending: close whatever turn is open."""
+        out: list[Decision] = []
+        closed = self.server.close()
+        if closed is not None and closed.text and self.mode is Mode.REMOTE:
+            out.append(FinalTranscript(closed))
+        if self.turn_open:
+            out.append(self._stop("local"))
+        return out
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _on_start(self) -> list[Decision]:
+        if self.turn_open or self.barge_in == "local":
+            return []
+        return [self._start("server")]
+
+    def _finish(self, turn: CompletedTurn) -> list[Decision]:
+        out: list[Decision] = []
+        if not self.turn_open and turn.text:
+            out.append(self._start("server"))  # a turn the local VAD never opened
+        if turn.text:
+            out.append(FinalTranscript(turn))
+        if self.turn_open:
+            out.append(self._stop("server"))
+        return out
+
+    def _start(self, source: str) -> ProposeStart:
+        self.turn_open = True
+        return ProposeStart(source)
+
+    def _stop(self, source: str) -> ProposeStop:
+        self.turn_open = False
+        return ProposeStop(source)
+
+    def _maybe_hand_back(self, now: float) -> list[Decision]:
+        if (self.mode is Mode.FALLBACK and self.connected and not self._replay_pending
+                and not self.local_speaking and not self.server.in_turn and not self.turn_open):
+            self.mode = Mode.REMOTE
+            since = self._outage_since if self._outage_since is not None else now
+            self._outage_since = None
+            announced, self._fallback_announced = self._fallback_announced, False
+            return [FallbackEnded(max(0.0, now - since))] if announced else []
+        return []

@@ -1,0 +1,239 @@
+"""A thin async client for the gateway framing of Reson8 realtime (spec 002), on websockets.
+
+    conn = await connect_gateway("wss://api.slng.ai", GatewayConfig(...), api_key="...")
+    await conn.send_audio(pcm)        # an ``audio`` message, base64
+    await conn.finalize()             # -> final_transcript(s), then flush_confirmation
+    async for message in conn: ...
+
+:func:`connect_gateway` sends ``init`` and returns once ``ready`` arrived (its
+``session_id`` is on the connection); an ``error`` instead of ``ready`` raises the typed
+:class:`~reson8_voice.dialects.gateway.GatewayServiceError`. Policy-free: reconnection and
+buffering belong to the pipecat service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidStatus, InvalidURI
+
+from ..auth import Secret, redact
+from ..client import MAX_MESSAGE_BYTES, _closed, _rejection, is_loopback
+from ..errors import ConnectionClosed, InvalidRequest, RemoteProtocolError
+from .gateway import (
+    GATEWAY_PATH,
+    WORLD_PART_HEADER,
+    WORLD_PARTS,
+    GatewayAudio,
+    GatewayClientMessage,
+    GatewayClose,
+    GatewayConfig,
+    GatewayErrorEvent,
+    GatewayFinalize,
+    GatewayInit,
+    GatewayKeepalive,
+    GatewayMessage,
+    GatewayReady,
+    parse_gateway,
+    serialize_gateway,
+)
+
+__all__ = ["GatewayConnection", "connect_gateway", "gateway_url"]
+
+
+def gateway_url(base_url: str) -> str:
+    """``base_url`` (an origin, or the full endpoint URL) joined with :data:`GATEWAY_PATH`."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise InvalidRequest("url", f"scheme must be ws or wss, got {parts.scheme!r}")
+    if not parts.hostname:
+        raise InvalidRequest("url", "has no host")
+    path = parts.path.rstrip("/")
+    if not path.endswith(GATEWAY_PATH):
+        path += GATEWAY_PATH
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+class GatewayConnection:
+    """One open gateway session (after ``ready``). Iterate it for server messages."""
+
+    def __init__(self, ws: ClientConnection, config: GatewayConfig, session_id: str,
+                 url: str) -> None:
+        self._ws = ws
+        self.config = config
+        self.session_id = session_id
+        self.url = url
+
+    def __repr__(self) -> str:
+        return f"<GatewayConnection {self.url} session={self.session_id}>"
+
+    @property
+    def websocket(self) -> ClientConnection:
+        """The underlying websockets connection."""
+        return self._ws
+
+    async def send(self, message: GatewayClientMessage) -> None:
+        """Send one client message."""
+        try:
+            await self._ws.send(serialize_gateway(message))
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send_audio(self, audio: bytes) -> None:
+        """Send audio (encoded as the session's ``config.encoding``) as an ``audio`` message."""
+        if not audio:
+            return
+        await self.send(GatewayAudio.of(audio))
+
+    async def finalize(self) -> None:
+        """Ask the server to finalise buffered audio; a ``flush_confirmation`` follows."""
+        await self.send(GatewayFinalize())
+
+    async def keepalive(self) -> None:
+        """Keep the session alive while no audio flows."""
+        await self.send(GatewayKeepalive())
+
+    async def send_close(self) -> None:
+        """End the audio stream; the server sends what is left, then closes."""
+        await self.send(GatewayClose())
+
+    async def recv(self) -> GatewayMessage:
+        """The next server message (an ``error`` is returned, not raised).
+
+        Raises:
+            ConnectionClosed: the connection ended.
+            RemoteProtocolError: a malformed message (the connection stays usable).
+        """
+        try:
+            message = await self._ws.recv()
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+        if isinstance(message, bytes):
+            raise RemoteProtocolError("unexpected binary message from the gateway", message[:64])
+        return parse_gateway(message)
+
+    def __aiter__(self) -> GatewayConnection:
+        return self
+
+    async def __anext__(self) -> GatewayMessage:
+        try:
+            return await self.recv()
+        except ConnectionClosed as exc:
+            if exc.code in (1000, 1001):
+                raise StopAsyncIteration from None
+            raise
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send ``close`` (if the socket is still open) and close the connection."""
+        try:
+            await self.send_close()
+        except ConnectionClosed:
+            pass
+        await self._ws.close(code, reason)
+
+    async def __aenter__(self) -> GatewayConnection:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
+async def connect_gateway(
+    url: str,
+    config: GatewayConfig | None = None,
+    api_key: str | Secret | None = None,
+    *,
+    world_part: str | None = None,
+    allow_insecure: bool = False,
+    open_timeout: float = 10.0,
+    ready_timeout: float = 10.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    ssl_context: ssl.SSLContext | None = None,
+    **ws_options: Any,
+) -> GatewayConnection:
+    """Open a gateway session: upgrade, ``init``, wait for ``ready``.
+
+    Args:
+        url: The gateway origin (``wss://api.slng.ai``) or the full endpoint URL.
+        config: The recognition config sent in ``init`` (default: pcm_s16le 16 kHz mono).
+        api_key: The gateway key, sent as ``Authorization: Bearer``.
+        world_part: Pin the region (``X-World-Part-Override``; spec 002 lists ``eu``);
+            None lets the gateway choose.
+        allow_insecure: Permit the key over plain ``ws://`` to a non-loopback host.
+        open_timeout: Seconds for the upgrade.
+        ready_timeout: Seconds to wait for ``ready`` after ``init``.
+        ping_interval: WebSocket ping interval (None disables).
+        ping_timeout: WebSocket ping timeout.
+        ssl_context: TLS settings for ``wss``.
+        **ws_options: Passed to ``websockets.connect``.
+
+    Raises:
+        InvalidRequest: bad URL, world part or config, or a key over insecure ``ws://``.
+        GatewayServiceError: the gateway answered ``init`` with an ``error`` (typed:
+            :class:`GatewayAuthError` for ``auth_error``).
+        HandshakeError: the upgrade was refused with an HTTP status.
+        ConnectionClosed: unreachable, or closed before ``ready``.
+    """
+    config = config or GatewayConfig(encoding="pcm_s16le", sample_rate=16000, channels=1)
+    config.to_realtime_params()  # refuse a bad config before connecting
+    full_url = gateway_url(url)
+    parts = urlsplit(full_url)
+    secret = Secret(api_key) if isinstance(api_key, str) else api_key
+    if secret is not None and parts.scheme == "ws" and not is_loopback(parts.hostname) \
+            and not allow_insecure:
+        raise InvalidRequest("url", "refusing to send the key over plain ws:// to a "
+                                    "non-loopback host; use wss:// or allow_insecure=True")
+    headers: dict[str, str] = {}
+    if secret is not None:
+        headers["Authorization"] = f"Bearer {secret.reveal()}"
+    if world_part is not None:
+        if world_part not in WORLD_PARTS:
+            raise InvalidRequest("world_part", f"must be one of {', '.join(WORLD_PARTS)}, "
+                                               f"got {world_part!r}")
+        headers[WORLD_PART_HEADER] = world_part
+    options: dict[str, Any] = {"additional_headers": headers, "open_timeout": open_timeout,
+                               "ping_interval": ping_interval, "ping_timeout": ping_timeout,
+                               "max_size": MAX_MESSAGE_BYTES, "proxy": None, **ws_options}
+    if parts.scheme == "wss":
+        options["ssl"] = ssl_context or ssl.create_default_context()
+    try:
+        ws = await ws_connect(full_url, **options)
+    except InvalidStatus as exc:
+        raise _rejection(exc) from None
+    except InvalidURI as exc:
+        raise InvalidRequest("url", redact(str(exc), secret)) from None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", secret)) from None
+    except WsConnectionClosed as exc:
+        raise _closed(exc) from None
+    except Exception as exc:  # websockets' InvalidHandshake family
+        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", secret)) from None
+    conn = GatewayConnection(ws, config, "", full_url)
+    try:
+        try:
+            await conn.send(GatewayInit(config))
+        except ConnectionClosed:
+            pass  # refused at once: the reason is in the messages already received
+        async with asyncio.timeout(ready_timeout):
+            while True:
+                message = await conn.recv()
+                if isinstance(message, GatewayReady):
+                    conn.session_id = message.session_id
+                    return conn
+                if isinstance(message, GatewayErrorEvent):
+                    raise message.exception()
+    except TimeoutError:
+        await ws.close(1000, "no ready")
+        raise ConnectionClosed(None, f"no 'ready' within {ready_timeout:g} s") from None
+    except BaseException:
+        await ws.close(1000)
+        raise

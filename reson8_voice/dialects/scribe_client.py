@@ -1,0 +1,239 @@
+"""A thin async client for ElevenLabs Scribe realtime (spec 004), on websockets.
+
+    conn = await connect_scribe("wss://api.elevenlabs.io", ScribeParams(...), api_key="...")
+    await conn.send_audio(pcm)        # an input_audio_chunk, base64
+    await conn.commit()               # manual strategy: -> committed_transcript
+    async for message in conn: ...
+
+:func:`connect_scribe` returns once ``session_started`` arrived (its ``session_id`` and
+``config`` are on the connection); an error message instead raises its typed exception
+(:class:`~reson8_voice.dialects.scribe.ScribeAuthError` and friends). Auth: the API key in
+the ``xi-api-key`` header, or a single-use ``token`` in the query (for browsers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as ws_connect
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import InvalidStatus, InvalidURI
+
+from ..auth import Secret, redact
+from ..client import MAX_MESSAGE_BYTES, _closed, _rejection, is_loopback
+from ..errors import ConnectionClosed, InvalidRequest, RemoteProtocolError, Reson8Error
+from .scribe import (
+    SCRIBE_PATH,
+    ScribeAudioChunk,
+    ScribeAuthError,
+    ScribeErrorEvent,
+    ScribeMessage,
+    ScribeParams,
+    ScribeRateLimitedError,
+    ScribeSessionStarted,
+    parse_scribe,
+    serialize_scribe,
+)
+
+__all__ = ["ScribeConnection", "connect_scribe", "scribe_url"]
+
+
+def scribe_url(base_url: str, params: ScribeParams, token: Secret | None = None) -> str:
+    """The handshake URL: ``base_url`` (origin or full URL) + :data:`SCRIBE_PATH` + query."""
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("ws", "wss"):
+        raise InvalidRequest("url", f"scheme must be ws or wss, got {parts.scheme!r}")
+    if not parts.hostname:
+        raise InvalidRequest("url", "has no host")
+    path = parts.path.rstrip("/")
+    if not path.endswith(SCRIBE_PATH):
+        path += SCRIBE_PATH
+    pairs = params.to_query_pairs()
+    if token is not None:
+        pairs.append(("token", token.reveal()))
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(pairs), ""))
+
+
+class ScribeConnection:
+    """One open Scribe session (after ``session_started``). Iterate it for messages."""
+
+    def __init__(self, ws: ClientConnection, params: ScribeParams, started: ScribeSessionStarted,
+                 url: str) -> None:
+        self._ws = ws
+        self.params = params
+        self.session_id = started.session_id
+        self.config: Mapping[str, Any] = started.config
+        self.url = url
+        self._first = True
+
+    def __repr__(self) -> str:
+        return f"<ScribeConnection {self.url.split('?')[0]} session={self.session_id}>"
+
+    @property
+    def websocket(self) -> ClientConnection:
+        """The underlying websockets connection."""
+        return self._ws
+
+    async def send(self, message: ScribeAudioChunk) -> None:
+        """Send one client message."""
+        try:
+            await self._ws.send(serialize_scribe(message))
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+
+    async def send_audio(self, audio: bytes, *, commit: bool = False,
+                         previous_text: str | None = None) -> None:
+        """Send audio (in the session's ``audio_format``) as an ``input_audio_chunk``.
+
+        ``previous_text`` (context) is only sent with the session's first chunk.
+        """
+        context = previous_text if self._first else None
+        self._first = False
+        await self.send(ScribeAudioChunk.of(audio, commit=commit,
+                                            sample_rate=self.params.sample_rate,
+                                            previous_text=context))
+
+    async def commit(self) -> None:
+        """Commit the segment (manual strategy): an empty chunk with ``commit: true``."""
+        await self.send_audio(b"", commit=True)
+
+    async def recv(self) -> ScribeMessage:
+        """The next server message (error messages are returned, not raised).
+
+        Raises:
+            ConnectionClosed: the connection ended.
+            RemoteProtocolError: a malformed message (the connection stays usable).
+        """
+        try:
+            message = await self._ws.recv()
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+        if isinstance(message, bytes):
+            raise RemoteProtocolError("unexpected binary message from Scribe", message[:64])
+        return parse_scribe(message)
+
+    def __aiter__(self) -> ScribeConnection:
+        return self
+
+    async def __anext__(self) -> ScribeMessage:
+        try:
+            return await self.recv()
+        except ConnectionClosed as exc:
+            if exc.code in (1000, 1001):
+                raise StopAsyncIteration from None
+            raise
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close the connection."""
+        await self._ws.close(code, reason)
+
+    async def __aenter__(self) -> ScribeConnection:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
+def _http_rejection(exc: InvalidStatus) -> Reson8Error:
+    status = exc.response.status_code
+    body = (exc.response.body or b"").decode("utf-8", "replace")[:200]
+    if status in (401, 403):
+        return ScribeAuthError(body or f"HTTP {status}")
+    if status == 429:
+        return ScribeRateLimitedError(body or "HTTP 429")
+    return _rejection(exc)
+
+
+async def connect_scribe(
+    url: str,
+    params: ScribeParams | None = None,
+    api_key: str | Secret | None = None,
+    *,
+    token: str | Secret | None = None,
+    allow_insecure: bool = False,
+    open_timeout: float = 10.0,
+    start_timeout: float = 10.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    ssl_context: ssl.SSLContext | None = None,
+    **ws_options: Any,
+) -> ScribeConnection:
+    """Open a Scribe realtime session and wait for ``session_started``.
+
+    Args:
+        url: The origin (``wss://api.elevenlabs.io``), or a base URL with a path prefix
+            (the embedded server's ``.../elevenlabs``), or the full endpoint URL.
+        params: The query parameters (model, format, commit strategy, VAD, keyterms...).
+        api_key: Sent in the ``xi-api-key`` header.
+        token: A single-use token, sent as the ``token`` query parameter instead.
+        allow_insecure: Permit a credential over plain ``ws://`` to a non-loopback host.
+        open_timeout: Seconds for the upgrade.
+        start_timeout: Seconds to wait for ``session_started``.
+        ping_interval: WebSocket ping interval (None disables).
+        ping_timeout: WebSocket ping timeout.
+        ssl_context: TLS settings for ``wss``.
+        **ws_options: Passed to ``websockets.connect``.
+
+    Raises:
+        ScribeError: the server answered with an error message (typed), or refused the
+            upgrade with 401/403 (:class:`ScribeAuthError`) or 429
+            (:class:`ScribeRateLimitedError`).
+        HandshakeError: another HTTP rejection.
+        InvalidRequest: bad URL, or a credential over insecure ``ws://``.
+        ConnectionClosed: unreachable, or closed before ``session_started``.
+    """
+    params = params or ScribeParams()
+    key = Secret(api_key) if isinstance(api_key, str) else api_key
+    tok = Secret(token) if isinstance(token, str) else token
+    full_url = scribe_url(url, params, tok)
+    parts = urlsplit(full_url)
+    if (key or tok) and parts.scheme == "ws" and not is_loopback(parts.hostname) \
+            and not allow_insecure:
+        raise InvalidRequest("url", "refusing to send credentials over plain ws:// to a "
+                                    "non-loopback host; use wss:// or allow_insecure=True")
+    headers = {"xi-api-key": key.reveal()} if key is not None else {}
+    options: dict[str, Any] = {"additional_headers": headers, "open_timeout": open_timeout,
+                               "ping_interval": ping_interval, "ping_timeout": ping_timeout,
+                               "max_size": MAX_MESSAGE_BYTES, "proxy": None, **ws_options}
+    if parts.scheme == "wss":
+        options["ssl"] = ssl_context or ssl.create_default_context()
+    try:
+        ws = await ws_connect(full_url, **options)
+    except InvalidStatus as exc:
+        raise _http_rejection(exc) from None
+    except InvalidURI as exc:
+        raise InvalidRequest("url", redact(str(exc), key, tok)) from None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", key, tok)) from None
+    except WsConnectionClosed as exc:
+        raise _closed(exc) from None
+    except Exception as exc:  # websockets' InvalidHandshake family
+        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", key, tok)) from None
+    try:
+        async with asyncio.timeout(start_timeout):
+            while True:
+                try:
+                    raw = await ws.recv()
+                except WsConnectionClosed as exc:
+                    raise _closed(exc) from None
+                if isinstance(raw, bytes):
+                    continue
+                message = parse_scribe(raw)
+                if isinstance(message, ScribeSessionStarted):
+                    return ScribeConnection(ws, params, message, redact(full_url, tok))
+                if isinstance(message, ScribeErrorEvent):
+                    raise message.exception()
+    except TimeoutError:
+        await ws.close(1000, "no session_started")
+        raise ConnectionClosed(None, f"no 'session_started' within {start_timeout:g} s") \
+            from None
+    except BaseException:
+        await ws.close(1000)
+        raise

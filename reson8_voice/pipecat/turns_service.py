@@ -1,0 +1,618 @@
+"""``Reson8TurnsSTTService``: the Reson8 turns endpoint as pipecat turn frames, with failover.
+
+Mapping (spec 001 -> pipecat 1.14), in order, nothing lost or duplicated:
+
+- ``turn_start`` -> broadcast ``ProposedUserStartedSpeakingFrame`` (the user aggregator's
+  external strategies resolve it into ``UserStartedSpeakingFrame`` + ``InterruptionFrame``);
+- ``turn_end_candidate`` -> ``InterimTranscriptionFrame``, and ``EagerTranscriptionFrame``
+  with ``enable_eager_end_of_turn``;
+- ``turn_continuation`` -> ``EagerEndOfTurnCancelFrame``;
+- ``turn_end`` -> ``TranscriptionFrame(finalized=True)`` with the last candidate's text
+  (``result`` is the :class:`~reson8_voice.CompletedTurn`: words, timing, language), then
+  ``ProposedUserStoppedSpeakingFrame``, queued behind it.
+
+What the anchors (Deepgram Flux, Cartesia turns) lack: a local webrtcvad that always runs
+on the forwarded audio and takes over turn detection when the service is unreachable,
+drops, rejects the session or goes silent (a liveness watchdog); a bounded backlog of the
+audio, replayed on the next connection so the outage's speech is still transcribed; and an
+optional local-first barge-in. The policy lives in :class:`reson8_voice.arbiter.TurnArbiter`
+(sans-I/O); this class only does I/O and frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import soxr
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    ErrorFrame,
+    Frame,
+    InterimTranscriptionFrame,
+    ProposedUserStartedSpeakingFrame,
+    ProposedUserStoppedSpeakingFrame,
+    StartFrame,
+    STTMetadataFrame,
+    TranscriptionFrame,
+)
+from pipecat.services.settings import STTSettings
+from pipecat.services.stt_service import STTService
+from pipecat.transcriptions.language import Language
+from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
+from pipecat.utils.time import time_now_iso8601
+from pipecat.utils.tracing.service_decorators import traced_stt
+from pipecat.utils.types import NOT_GIVEN, NotGiven, is_given
+
+from .. import g711
+from ..arbiter import (
+    BargeInPolicy,
+    CancelEager,
+    Candidate,
+    Decision,
+    FallbackEnded,
+    FallbackStarted,
+    FinalTranscript,
+    Mode,
+    ProposeStart,
+    ProposeStop,
+    ProtocolViolation,
+    TurnArbiter,
+    WatchdogExpired,
+)
+from ..auth import ApiKey, BearerToken, Credentials
+from ..backlog import AudioBacklog
+from ..client import Reson8Connection, connect_turns
+from ..errors import (
+    BadRequest,
+    ConnectionClosed,
+    HandshakeError,
+    InvalidRequest,
+    RemoteProtocolError,
+    Unauthorized,
+)
+from ..events import ErrorEvent, TurnContinuation, TurnEnd, TurnEndCandidate, TurnStart
+from ..params import HOSTED_URL, TurnsParams
+from ..vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
+
+__all__ = ["DEFAULT_LOCAL_URL", "Reson8TurnsSTTService", "Reson8TurnsSTTSettings"]
+
+#: Where the embedded server listens by default (``reson8-voice serve``).
+DEFAULT_LOCAL_URL = "ws://127.0.0.1:8765"
+
+_CONNECTION_BOUND = ("language", "custom_model_id", "include_timestamps", "include_words",
+                     "include_language", "patterns")
+_VAD_RATES = (8000, 16000, 32000, 48000)
+_REPLAY_CHUNK_S = 0.1
+_TURN_START_REWIND_S = 0.6
+
+
+@dataclass
+class Reson8TurnsSTTSettings(STTSettings):
+    """Runtime-updatable settings. A change to any field is applied with a new connection,
+    once no turn is open.
+
+    Parameters:
+        custom_model_id: ID of a custom model to bias transcription (spec 001).
+        include_timestamps: ``start_ms``/``duration_ms`` on candidates and words.
+        include_words: word-level detail on candidates (in the frames' ``result``).
+        include_language: the detected language on candidates.
+        patterns: regex-style patterns for short alphanumeric tokens to recover.
+    """
+
+    custom_model_id: str | NotGiven | None = field(default_factory=lambda: NOT_GIVEN)
+    include_timestamps: bool | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    include_words: bool | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    include_language: bool | NotGiven = field(default_factory=lambda: NOT_GIVEN)
+    patterns: list[str] | NotGiven | None = field(default_factory=lambda: NOT_GIVEN)
+
+
+def _resolve_url(url: str | None, has_credentials: bool) -> str:
+    if url:
+        return url
+    if has_credentials:
+        return HOSTED_URL
+    return os.environ.get("RESON8_URL") or DEFAULT_LOCAL_URL
+
+
+class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
+    """Turn-taking for a pipecat pipeline from the Reson8 turns endpoint, with failover.
+
+    Event handlers (besides pipecat's ``on_connected``, ``on_disconnected``,
+    ``on_connection_error``):
+
+    - ``on_turn_start(service)``; ``on_turn_end_candidate(service, text)``;
+      ``on_turn_continuation(service)``; ``on_turn_end(service, turn)`` with the
+      :class:`~reson8_voice.CompletedTurn`;
+    - ``on_fallback_started(service, reason)``; ``on_fallback_ended(service, outage_s)``.
+
+    Example::
+
+        stt = Reson8TurnsSTTService()          # embedded server, or RESON8_URL
+        stt = Reson8TurnsSTTService(api_key=os.environ["RESON8_API_KEY"])  # hosted
+    """
+
+    Settings = Reson8TurnsSTTSettings
+    _settings: Reson8TurnsSTTSettings
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        token: str | None = None,
+        url: str | None = None,
+        sample_rate: int | None = None,
+        telephony_encoding: Literal["mulaw", "alaw", "pcm_s16le"] = "mulaw",
+        barge_in: BargeInPolicy = "first",
+        should_interrupt: bool = True,
+        enable_eager_end_of_turn: bool = False,
+        watchdog_s: float = 2.0,
+        replay_buffer_s: float = 30.0,
+        reconnect_delay_s: tuple[float, float] = (0.25, 5.0),
+        rejected_retry_s: float = 30.0,
+        vad_aggressiveness: int = 2,
+        vad_start_ms: int = 100,
+        vad_stop_ms: int = 800,
+        allow_insecure: bool = False,
+        settings: Reson8TurnsSTTSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Create the service; every argument is optional.
+
+        Args:
+            api_key: Reson8 API key (``Authorization: ApiKey``); selects the hosted endpoint.
+            token: access token (``Authorization: Bearer``), instead of a key.
+            url: server URL; wins over everything (default: hosted with credentials, else
+                ``$RESON8_URL``, else the embedded server at ``ws://127.0.0.1:8765``).
+            sample_rate: uplink rate; default: the pipeline's input rate.
+            telephony_encoding: at 8 kHz, send G.711 (``mulaw``/``alaw``, byte-identical to
+                what the carrier sent) or ``pcm_s16le``. Other rates always send PCM.
+            barge_in: ``server`` (wait for ``turn_start``), ``local`` (local VAD onset) or
+                ``first`` (whichever comes first).
+            should_interrupt: whether a new turn interrupts the bot (passed to the
+                recommended turn strategies).
+            enable_eager_end_of_turn: answer candidates speculatively.
+            watchdog_s: how long the server may owe an event before the session is
+                declared dead and the local VAD takes over.
+            replay_buffer_s: outage audio kept for replay (oldest dropped, with a warning).
+            reconnect_delay_s: (first, longest) reconnect backoff, with jitter.
+            rejected_retry_s: retry interval after 400/401 rejections (the call goes on in
+                fallback meanwhile).
+            vad_aggressiveness: webrtcvad aggressiveness 0-3 for the local VAD.
+            vad_start_ms: voiced audio that confirms speech locally (the barge-in guard).
+            vad_stop_ms: silence that ends speech locally: the end-of-utterance delay in
+                fallback (800 ms rides over mid-turn pauses; the server is faster).
+            allow_insecure: permit credentials over plain ``ws://`` to a remote host.
+            settings: runtime-updatable settings (language, custom model, include_*).
+            **kwargs: passed to pipecat's ``STTService``.
+        """
+        if api_key and token:
+            raise InvalidRequest("credentials", "pass either api_key or token, not both")
+        default_settings = self.Settings(
+            model=None, language=None, custom_model_id=None, include_timestamps=True,
+            include_words=True, include_language=True, patterns=None,
+        )
+        if settings is not None:
+            default_settings.apply_update(settings)
+        super().__init__(
+            sample_rate=sample_rate,
+            enable_eager_end_of_turn=enable_eager_end_of_turn,
+            settings=default_settings,
+            **kwargs,
+        )
+        self._credentials: Credentials | None = (
+            ApiKey.of(api_key) if api_key else BearerToken.of(token) if token else None
+        )
+        self._url = _resolve_url(url, self._credentials is not None)
+        self._telephony_encoding = telephony_encoding
+        self._should_interrupt = should_interrupt
+        self._replay_buffer_s = replay_buffer_s
+        self._reconnect_delay_s = reconnect_delay_s
+        self._rejected_retry_s = rejected_retry_s
+        self._vad_args = (vad_aggressiveness, vad_start_ms, vad_stop_ms)
+        self._allow_insecure = allow_insecure
+        self.arbiter = TurnArbiter(barge_in=barge_in, eager=enable_eager_end_of_turn,
+                                   watchdog_s=watchdog_s)
+        self._conn: Reson8Connection[TurnsParams] | None = None
+        self._connection_task: asyncio.Task[None] | None = None
+        self._watchdog_task: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._healthy = asyncio.Event()
+        self._stopping = False
+        self._reconnect_requested = False
+        self._encoder: g711.G711Encoder | None = None
+        self._encoding = "pcm_s16le"
+        self._backlog: AudioBacklog | None = None
+        self._sent = 0  # backlog position sent on the current connection
+        self._anchor = 0  # replay from here if the connection dies
+        self._warned_drop = False
+        self._vad: VoiceActivityDetector | None = None
+        self._vad_resampler: soxr.ResampleStream | None = None
+        self._language: Language | str | None = None
+        #: counters for operators: malformed / unknown messages, violations, fallbacks
+        self.stats: dict[str, int] = {"malformed": 0, "unknown": 0, "violations": 0,
+                                      "fallbacks": 0, "dropped_bytes": 0, "replayed_bytes": 0}
+        for name in ("on_turn_start", "on_turn_end_candidate", "on_turn_continuation",
+                     "on_turn_end", "on_fallback_started", "on_fallback_ended"):
+            self._register_event_handler(name)
+
+    def __repr__(self) -> str:
+        return f"<Reson8TurnsSTTService {self._url} mode={self.arbiter.mode.value}>"
+
+    # -- pipecat conventions -----------------------------------------------------------
+    def can_generate_metrics(self) -> bool:
+        """Usage and turn-latency (processing) metrics are reported."""
+        return True
+
+    @property
+    def supports_ttfs(self) -> bool:
+        """The server defines turn boundaries: there is no speech-end -> final interval."""
+        return False
+
+    @property
+    def url(self) -> str:
+        """The server URL in use (never contains credentials)."""
+        return self._url
+
+    @property
+    def in_fallback(self) -> bool:
+        """Whether the local VAD is deciding turns right now."""
+        return self.arbiter.mode is Mode.FALLBACK
+
+    def service_metadata_frame(self) -> STTMetadataFrame:
+        """Recommend external turn strategies (eager ones with eager end of turn)."""
+        frame: STTMetadataFrame = super().service_metadata_frame()
+        frame.user_turn_strategies = self.recommended_user_turn_strategies(
+            enable_interruptions=self._should_interrupt)
+        return frame
+
+    def _params(self) -> TurnsParams:
+        s = self._settings
+        language = s.language if is_given(s.language) and s.language else None
+        patterns = s.patterns if is_given(s.patterns) and s.patterns else ()
+        return TurnsParams(
+            encoding=self._encoding,
+            sample_rate=self.sample_rate,
+            channels=1,
+            language=str(language) if language else None,
+            custom_model_id=s.custom_model_id if is_given(s.custom_model_id) else None,
+            include_timestamps=bool(s.include_timestamps) if is_given(s.include_timestamps)
+            else False,
+            include_words=bool(s.include_words) if is_given(s.include_words) else False,
+            include_language=bool(s.include_language) if is_given(s.include_language)
+            else False,
+            patterns=tuple(patterns),
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self, frame: StartFrame) -> None:
+        """Set up the uplink encoding and local VAD, then connect in the background."""
+        await super().start(frame)
+        rate = self.sample_rate
+        if rate == 8000 and self._telephony_encoding in ("mulaw", "alaw"):
+            self._encoding = self._telephony_encoding
+            self._encoder = g711.G711Encoder(self._telephony_encoding)
+        else:
+            self._encoding = "pcm_s16le"
+        self._params()  # validate before any connection is tried
+        width = 1 if self._encoder else 2
+        self._backlog = AudioBacklog(int(self._replay_buffer_s * rate * width))
+        aggressiveness, start_ms, stop_ms = self._vad_args
+        vad_rate = rate if rate in _VAD_RATES else 16000
+        if vad_rate != rate:
+            self._vad_resampler = soxr.ResampleStream(rate, vad_rate, 1, dtype="int16")
+        self._vad = VoiceActivityDetector(sample_rate=vad_rate, aggressiveness=aggressiveness,
+                                          start_ms=start_ms, stop_ms=stop_ms)
+        self._stopping = False
+        self._connection_task = self.create_task(self._connection_loop(), "reson8-connection")
+        self._watchdog_task = self.create_task(self._watchdog_loop(), "reson8-watchdog")
+
+    async def stop(self, frame: EndFrame) -> None:
+        """Close the open turn and the connection."""
+        await super().stop(frame)
+        await self._shutdown()
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        """Close the connection at once."""
+        await super().cancel(frame)
+        await self._shutdown()
+
+    async def cleanup(self) -> None:
+        """Release every task and socket (also after an abrupt end)."""
+        await self._shutdown()
+        await super().cleanup()
+
+    async def _shutdown(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        for task in (self._watchdog_task, self._connection_task):
+            if task is not None:
+                await self.cancel_task(task)
+        self._watchdog_task = self._connection_task = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._close_quietly(conn)
+        await self._apply(self.arbiter.close(time.monotonic()))
+
+    @staticmethod
+    async def _close_quietly(conn: Reson8Connection[TurnsParams]) -> None:
+        try:
+            await asyncio.wait_for(conn.close(), 2.0)
+        except Exception as exc:  # closing a dead socket can fail in many ways
+            logger.debug(f"reson8: close: {exc.__class__.__name__}")
+
+    async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:  # type: ignore[override]
+        """Apply a settings delta; connection-bound changes reconnect between turns."""
+        changed: dict[str, Any] = await super()._update_settings(delta)
+        if changed.keys() & set(_CONNECTION_BOUND):
+            self._params()  # an invalid value is refused here, naming the parameter
+            self._reconnect_requested = True
+            await self._maybe_planned_reconnect()
+        return changed
+
+    async def _maybe_planned_reconnect(self) -> None:
+        if (self._reconnect_requested and self._conn is not None
+                and not self.arbiter.turn_open and not self.arbiter.server.in_turn):
+            self._reconnect_requested = False
+            logger.info("reson8: reconnecting to apply new settings")
+            await self._close_quietly(self._conn)
+
+    # -- audio in ----------------------------------------------------------------------
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        """Forward audio upstream (or into the backlog) and run the local VAD on it."""
+        assert self._backlog is not None and self._vad is not None
+        data = self._encoder.encode(audio) if self._encoder else audio
+        # audio before the anchor is answered for: a replay would never need it
+        self._backlog.discard_before(min(self._anchor, self._sent))
+        dropped = self._backlog.append(data)
+        if self._healthy.is_set():
+            await self._pump()
+        elif dropped:
+            self.stats["dropped_bytes"] += dropped
+            if not self._warned_drop:
+                self._warned_drop = True
+                logger.warning(f"reson8: outage longer than the {self._replay_buffer_s:g} s "
+                               "replay buffer: the oldest audio is being dropped")
+        pcm = audio
+        if self._vad_resampler is not None:
+            samples = np.frombuffer(audio, dtype=np.int16)
+            pcm = np.asarray(self._vad_resampler.resample_chunk(samples), np.int16).tobytes()
+        now = time.monotonic()
+        for event in self._vad.process(pcm):
+            if isinstance(event, SpeechStarted):
+                await self._apply(self.arbiter.local_speech_started(now))
+            elif isinstance(event, SpeechStopped):
+                await self._apply(self.arbiter.local_speech_stopped(now))
+        yield None
+
+    async def _pump(self) -> None:
+        """Send whatever of the backlog this connection has not had yet."""
+        conn, backlog = self._conn, self._backlog
+        if conn is None or backlog is None:
+            return
+        async with self._send_lock:
+            if self._sent < backlog.start:
+                self._sent = backlog.start
+            data = backlog.since(self._sent)
+            if not data:
+                return
+            try:
+                await conn.send_audio(data)
+            except (ConnectionClosed, OSError) as exc:
+                logger.debug(f"reson8: send failed: {exc}")
+                self._healthy.clear()
+                return
+            self._sent += len(data)
+
+    # -- the connection ----------------------------------------------------------------
+    async def _connection_loop(self) -> None:
+        """Connect, replay, receive; on failure fall back and retry with backoff."""
+        delay = self._reconnect_delay_s[0]
+        while not self._stopping:
+            retry_after = delay
+            try:
+                conn = await connect_turns(self._url, self._params(), self._credentials,
+                                           allow_insecure=self._allow_insecure,
+                                           open_timeout=5.0, ping_interval=5.0,
+                                           ping_timeout=5.0)
+            except (Unauthorized, BadRequest) as exc:
+                await self._report_rejection(exc)
+                retry_after = self._rejected_retry_s
+            except (HandshakeError, ConnectionClosed, OSError, TimeoutError) as exc:
+                await self._lost(f"unreachable: {exc}")
+                await self._call_event_handler("on_connection_error", str(exc))
+            else:
+                delay = self._reconnect_delay_s[0]
+                self._warned_drop = False
+                await self._run_connection(conn)
+                if self._stopping:
+                    return
+                retry_after = 0.05  # a planned or first reconnect is immediate
+            await asyncio.sleep(retry_after * random.uniform(0.8, 1.2))
+            delay = min(self._reconnect_delay_s[1], delay * 2)
+
+    async def _run_connection(self, conn: Reson8Connection[TurnsParams]) -> None:
+        assert self._backlog is not None
+        self._conn = conn
+        now = time.monotonic()
+        replay_from = max(self._anchor, self._backlog.start)
+        replay = self._backlog.position - replay_from
+        self._sent = replay_from
+        await self._call_event_handler("on_connected")
+        await self._apply(self.arbiter.connection_ready(now, replay_pending=replay > 0))
+        reader = asyncio.create_task(self._receive(conn))
+        try:
+            if replay > 0:
+                logger.info(f"reson8: replaying {replay} bytes of audio after the outage")
+                self.stats["replayed_bytes"] += replay
+                await self._replay()
+                await self._apply(self.arbiter.replay_done(time.monotonic()))
+            self._healthy.set()
+            await self._pump()  # what arrived while the replay was going out
+            reason = await reader
+        finally:
+            self._healthy.clear()
+            if not reader.done():
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+            self._conn = None
+        await self._close_quietly(conn)
+        await self._call_event_handler("on_disconnected")
+        if not self._stopping:
+            await self._lost(reason)
+
+    async def _replay(self) -> None:
+        """Send the backlog faster than real time, in 100 ms messages."""
+        assert self._backlog is not None
+        step = max(1, int(_REPLAY_CHUNK_S * self.sample_rate * (1 if self._encoder else 2)))
+        while self._conn is not None and self._sent < self._backlog.position:
+            async with self._send_lock:
+                data = self._backlog.since(self._sent)[:step]
+                try:
+                    await self._conn.send_audio(data)
+                except (ConnectionClosed, OSError):
+                    return
+                self._sent += len(data)
+            await asyncio.sleep(0)
+
+    async def _receive(self, conn: Reson8Connection[TurnsParams]) -> str:
+        """Read events until the connection ends; returns why it ended."""
+        while True:
+            try:
+                event = await conn.recv()
+            except ConnectionClosed as exc:
+                return "closed by server" if exc.code in (1000, 1001) else f"dropped: {exc}"
+            except RemoteProtocolError as exc:
+                self.stats["malformed"] += 1
+                logger.warning(f"reson8: skipped a malformed message: {exc}")
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a socket error websockets did not wrap
+                return f"dropped: {exc.__class__.__name__}"
+            now = time.monotonic()
+            if isinstance(event, TurnStart | TurnEndCandidate | TurnContinuation | TurnEnd):
+                self._move_anchor(event)
+                await self._apply(self.arbiter.server_event(now, event))
+                await self._maybe_planned_reconnect()
+            elif isinstance(event, ErrorEvent):
+                logger.warning(f"reson8: server error {event.code}: {event.message}")
+                await self._push_service_error(f"Reson8 error {event.code}: {event.message}")
+            else:
+                self.stats["unknown"] += 1
+                logger.debug(f"reson8: skipped unknown message type {event.type!r}")
+
+    def _move_anchor(self, event: TurnStart | TurnEndCandidate | TurnContinuation |
+                     TurnEnd) -> None:
+        """Where a replay would start: just before what the server has not answered for."""
+        if isinstance(event, TurnContinuation):
+            return  # the speech after the candidate is not answered for yet
+        position = self._sent
+        if isinstance(event, TurnStart):
+            width = 1 if self._encoder else 2
+            position -= int(_TURN_START_REWIND_S * self.sample_rate * width)
+        self._anchor = max(self._anchor, position)
+
+    async def _lost(self, reason: str) -> None:
+        decisions = self.arbiter.connection_lost(time.monotonic(), reason)
+        await self._apply(decisions)
+
+    async def _report_rejection(self, exc: HandshakeError) -> None:
+        if isinstance(exc, Unauthorized):
+            message = (f"Reson8 rejected the credentials (401 {exc.code}); continuing with "
+                       "local turn detection")
+        else:
+            param = getattr(exc, "parameter", None)
+            message = (f"Reson8 rejected the session (400 {exc.code})"
+                       f"{f' for parameter {param!r}' if param else ''}: {exc.message}")
+        await self._lost(f"rejected: HTTP {exc.status}")
+        await self._push_service_error(message)
+        await self._call_event_handler("on_connection_error", message)
+
+    async def _push_service_error(self, message: str) -> None:
+        # Deliberately without a permanent category: the local fallback keeps the call
+        # working, so the service must stay usable.
+        await self.push_error_frame(ErrorFrame(error=message))
+
+    async def _watchdog_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.1)
+            for decision in self.arbiter.check(time.monotonic()):
+                if isinstance(decision, WatchdogExpired):
+                    logger.warning(f"reson8: no {decision.expecting} within "
+                                   f"{decision.waited_s:g} s: declaring the session dead")
+                    if self._conn is not None:
+                        self._healthy.clear()
+                        await self._close_quietly(self._conn)
+                else:
+                    await self._apply([decision])
+
+    # -- decisions -> frames -----------------------------------------------------------
+    async def _apply(self, decisions: list[Decision]) -> None:
+        for d in decisions:
+            if isinstance(d, ProposeStart):
+                await self.broadcast_frame(ProposedUserStartedSpeakingFrame)
+                await self._call_event_handler("on_turn_start")
+            elif isinstance(d, Candidate):
+                await self._on_candidate(d)
+            elif isinstance(d, CancelEager):
+                await self._cancel_eager_end_of_turn()
+                await self._call_event_handler("on_turn_continuation")
+            elif isinstance(d, FinalTranscript):
+                await self._on_final(d)
+            elif isinstance(d, ProposeStop):
+                await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
+                await self._maybe_planned_reconnect()
+            elif isinstance(d, FallbackStarted):
+                self.stats["fallbacks"] += 1
+                logger.warning(f"reson8: local turn detection takes over ({d.reason})")
+                await self._call_event_handler("on_fallback_started", d.reason)
+            elif isinstance(d, FallbackEnded):
+                logger.info(f"reson8: service back after {d.outage_s:.1f} s")
+                await self._call_event_handler("on_fallback_ended", d.outage_s)
+            elif isinstance(d, ProtocolViolation):
+                self.stats["violations"] += 1
+                logger.warning(f"reson8: server broke the turn protocol: {d.error}")
+
+    @staticmethod
+    def _frame_language(language: str | None) -> Language | None:
+        if not language:
+            return None
+        try:
+            return Language(language)
+        except ValueError:
+            return None  # still in the frame's ``result``
+
+    async def _on_candidate(self, d: Candidate) -> None:
+        text, language = d.event.text, self._frame_language(d.event.language)
+        if text:
+            await self.push_frame(InterimTranscriptionFrame(
+                text, self._user_id, time_now_iso8601(), language, result=d.event))
+        if d.eager:
+            await self._push_eager_end_of_turn(text, user_id=self._user_id,
+                                               language=language, result=d.event)
+        await self._call_event_handler("on_turn_end_candidate", text)
+
+    async def _on_final(self, d: FinalTranscript) -> None:
+        self._clear_eager_end_of_turn()
+        turn, language = d.turn, self._frame_language(d.turn.language)
+        await self.emit_stt_usage_metrics()
+        await self.push_frame(TranscriptionFrame(
+            turn.text, self._user_id, time_now_iso8601(), language, result=turn,
+            finalized=not turn.cut_short))
+        await self._handle_transcription(turn.text, True, language)
+        await self._call_event_handler("on_turn_end", turn)
+
+    @traced_stt
+    async def _handle_transcription(self, transcript: str, is_final: bool,
+                                    language: Language | None = None) -> None:
+        """Tracing hook for final transcripts."""

@@ -1,0 +1,353 @@
+"""The embedded Reson8-compatible server: the local engine behind the documented endpoints.
+
+It serves ``/v1/speech-to-text/turns`` (spec 001) and ``/v1/speech-to-text/realtime``
+(spec 000) with their query parameters, the three auth schemes and the error table:
+rejections happen at the upgrade with a JSON body ``{"code", "message"}`` (400
+INVALID_REQUEST naming the parameter, 401 UNAUTHORIZED, 500 INTERNAL_ERROR, 404 for other
+paths). Inside a session, a fatal problem (a message over the size limit, a session over
+its time limit, undecodable audio) is reported with an ``error`` message and a close.
+
+Each session reads a message, feeds the engine and runs the jobs it asks for in a thread
+pool shared by all sessions, before it reads the next message: audio sent faster than the
+engine can take it waits in the socket (back-pressure), and the events are the same as in
+real time. Pings are sent every ``ping_interval`` s; a client that does not answer is
+dropped, and a vanished client frees its session at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import urlsplit
+
+from loguru import logger
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.typing import Subprotocol
+
+from ..auth import Secret, parse_auth
+from ..engine.turn_engine import (
+    EndOfTurnJob,
+    EngineConfig,
+    Job,
+    RecognizeJob,
+    TranscriptEngine,
+    TurnEngine,
+)
+from ..errors import InvalidRequest, RemoteProtocolError
+from ..events import ErrorEvent, Event, FlushRequest
+from ..params import REALTIME_PATH, TURNS_PATH, RealtimeParams, TurnsParams
+from ..wire import parse_event, serialize_event
+from .audio_input import AudioInput, UnsupportedAudio
+from .gateway_endpoint import GatewayEndpoint, GatewaySession
+from .scribe_endpoint import SCRIBE_PREFIX, ScribeEndpoint, ScribeSession
+
+__all__ = ["Reson8Server", "ServerConfig"]
+
+JobRunner = Callable[[Job], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """Settings of the embedded server."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    api_key: Secret | None = None
+    max_message_bytes: int = 1 << 20
+    max_session_s: float = 3600.0
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    #: inference threads shared by all sessions
+    workers: int = 2
+    engine: EngineConfig = field(default_factory=EngineConfig)
+
+
+def _json_response(status: HTTPStatus, code: str, message: str, **extra: str) -> Response:
+    body = json.dumps({"code": code, "message": message, **extra}).encode()
+    headers = Headers([("Content-Type", "application/json"),
+                       ("Content-Length", str(len(body))), ("Connection", "close")])
+    return Response(status.value, status.phrase, headers, body)
+
+
+class Reson8Server:
+    """An embedded Reson8-compatible server on loopback (or anywhere, with an API key).
+
+    ``run_job`` runs one engine job (recognition or end-of-turn judgement); by default the
+    local models of the ``local`` extra are loaded on :meth:`start`.
+    """
+
+    def __init__(self, config: ServerConfig | None = None,
+                 run_job: JobRunner | None = None) -> None:
+        """Create a server; nothing is bound until :meth:`start`."""
+        self.config = config or ServerConfig()
+        self._run_job = run_job
+        self._server: Server | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._params: dict[int, TurnsParams | RealtimeParams] = {}
+        #: the other dialects of the spec folder (spec 002 and 004), on the same engine
+        self.gateway = GatewayEndpoint(self.config, self._infer)
+        self.scribe = ScribeEndpoint(self.config, self._infer)
+        self._dialect_sessions: dict[int, GatewaySession | ScribeSession] = {}
+        self.sessions_active = 0
+        self.sessions_total = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __repr__(self) -> str:
+        return f"<Reson8Server {self.url if self._server else 'stopped'}>"
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        if self._server is None:
+            raise RuntimeError("server not started")
+        sock = next(iter(self._server.sockets))
+        return int(sock.getsockname()[1])
+
+    @property
+    def url(self) -> str:
+        """``ws://host:port`` of the running server."""
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"ws://{host}:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway endpoint (spec 002) of the running server."""
+        return self.url + self.gateway.path
+
+    @property
+    def scribe_url(self) -> str:
+        """The base URL of the Scribe endpoint (spec 004): pass it to the Scribe client."""
+        return self.url + SCRIBE_PREFIX
+
+    async def start(self) -> None:
+        """Load the models (if none were given) and start listening."""
+        if self._run_job is None:
+            from ..engine.models import LocalModels
+
+            models = await asyncio.to_thread(LocalModels.load)
+            self._run_job = models.run
+        self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="reson8-infer")
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            max_size=4 * self.config.max_message_bytes,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
+            close_timeout=1.0,
+            compression=None,
+        )
+        logger.info(f"reson8 embedded server listening on {self.url}")
+
+    async def close(self) -> None:
+        """Stop accepting, close every session and wait for them."""
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    async def wait_idle(self) -> None:
+        """Return once no session is open (every session's resources are released)."""
+        await self._idle.wait()
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled."""
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        await self._server.serve_forever()
+
+    async def __aenter__(self) -> Reson8Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- the upgrade ---------------------------------------------------------------------
+    def _select_subprotocol(
+        self, connection: ServerConnection, offered: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        return Subprotocol("bearer") if offered and offered[0].lower() == "bearer" else None
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            parts = urlsplit(request.path)
+            params_cls: type[TurnsParams] | type[RealtimeParams]
+            path = parts.path.rstrip("/")
+            if path in (self.gateway.path, self.scribe.path):
+                # these dialects report auth and parameter errors inside the session
+                endpoint = self.gateway if path == self.gateway.path else self.scribe
+                self._dialect_sessions[id(connection)] = endpoint.session_for(request)
+                return None
+            if parts.path.rstrip("/") == TURNS_PATH:
+                params_cls = TurnsParams
+            elif parts.path.rstrip("/") == REALTIME_PATH:
+                params_cls = RealtimeParams
+            else:
+                return _json_response(HTTPStatus.NOT_FOUND, "NOT_FOUND", "unknown endpoint")
+            if self.config.api_key is not None:
+                offered = [p.strip() for p in
+                           ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")
+                           if p.strip()]
+                credentials = parse_auth(request.headers, offered)
+                if credentials is None or not self.config.api_key.matches(credentials.secret):
+                    return _json_response(HTTPStatus.UNAUTHORIZED, "UNAUTHORIZED",
+                                          "invalid or expired credentials")
+            try:
+                params = params_cls.from_query(parts.query)
+            except InvalidRequest as exc:
+                return _json_response(HTTPStatus.BAD_REQUEST, "INVALID_REQUEST", str(exc),
+                                      parameter=exc.parameter)
+            self._params[id(connection)] = params
+            return None
+        except Exception:
+            logger.exception("reson8 server: unexpected failure during the upgrade")
+            return _json_response(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL_ERROR",
+                                  "unexpected server error")
+
+    # -- a session -----------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        dialect = self._dialect_sessions.pop(id(ws), None)
+        if dialect is not None:
+            await self._handle_dialect(ws, dialect)
+            return
+        params = self._params.pop(id(ws), None)
+        if params is None:  # pragma: no cover - process_request always stores them
+            await ws.close(1011, "no parameters")
+            return
+        self.sessions_active += 1
+        self.sessions_total += 1
+        self._idle.clear()
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.config.max_session_s):
+                await self._session(ws, params)
+        except TimeoutError:
+            await self._fail(ws, "SESSION_TIME_LIMIT",
+                             f"session exceeded {self.config.max_session_s:g} s", 1008)
+        except WsConnectionClosed:
+            pass  # the client vanished: its session is simply dropped
+        except Exception:
+            logger.exception("reson8 server: session failed")
+            await self._fail(ws, "INTERNAL_ERROR", "unexpected server error", 1011)
+        finally:
+            self.sessions_active -= 1
+            if not self.sessions_active:
+                self._idle.set()
+            logger.debug(f"reson8 session ended after {time.monotonic() - started:.1f} s")
+
+    async def _handle_dialect(self, ws: ServerConnection,
+                              session: GatewaySession | ScribeSession) -> None:
+        self.sessions_active += 1
+        self.sessions_total += 1
+        self._idle.clear()
+        try:
+            async with asyncio.timeout(self.config.max_session_s):
+                await session.run(ws)
+        except TimeoutError:
+            await session.fail(ws, "time_limit",
+                               f"session exceeded {self.config.max_session_s:g} s")
+        except WsConnectionClosed:
+            pass
+        except Exception:
+            logger.exception("reson8 server: dialect session failed")
+            await session.fail(ws, "internal", "unexpected server error")
+        finally:
+            self.sessions_active -= 1
+            if not self.sessions_active:
+                self._idle.set()
+
+    async def _infer(self, job: Job) -> Any:
+        """Run one engine job in the shared inference pool."""
+        assert self._run_job is not None and self._pool is not None
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_job, job)
+
+    async def _fail(self, ws: ServerConnection, code: str, message: str, close: int) -> None:
+        with contextlib.suppress(WsConnectionClosed):
+            await ws.send(serialize_event(ErrorEvent(code, message)))
+            await ws.close(close, message[:120])
+
+    def _engine(self, params: TurnsParams | RealtimeParams, rate: int) -> TurnEngine | \
+            TranscriptEngine:
+        if isinstance(params, TurnsParams):
+            return TurnEngine(self.config.engine, sample_rate=rate, language=params.language,
+                              include_words=params.include_words,
+                              include_timestamps=params.include_timestamps,
+                              include_language=params.include_language)
+        return TranscriptEngine(self.config.engine, sample_rate=rate, language=params.language,
+                                include_interim=params.include_interim,
+                                include_words=params.include_words,
+                                include_timestamps=params.include_timestamps,
+                                include_confidence=params.include_confidence)
+
+    async def _session(self, ws: ServerConnection, params: TurnsParams | RealtimeParams) -> None:
+        audio = AudioInput(params.encoding, params.sample_rate, params.channels)
+        engine: TurnEngine | TranscriptEngine | None = None
+        if params.encoding != "auto":
+            engine = self._engine(params, audio.output_rate)
+        limit = self.config.max_message_bytes
+        async for message in ws:
+            if len(message) > limit:
+                await self._fail(ws, "MESSAGE_TOO_LARGE",
+                                 f"messages are limited to {limit} bytes", 1009)
+                return
+            if isinstance(message, bytes):
+                try:
+                    pcm = audio.feed(message)
+                except UnsupportedAudio as exc:
+                    await self._fail(ws, exc.code, str(exc), 1003)
+                    return
+                if not pcm:
+                    continue
+                if engine is None:
+                    engine = self._engine(params, audio.output_rate)
+                engine.feed(pcm)
+            else:
+                try:
+                    event = parse_event(message)
+                except RemoteProtocolError as exc:
+                    logger.warning(f"reson8 server: bad client message: {exc}")
+                    continue
+                if isinstance(event, FlushRequest) and isinstance(params, RealtimeParams):
+                    if engine is None:
+                        engine = self._engine(params, audio.output_rate)
+                    assert isinstance(engine, TranscriptEngine)
+                    engine.flush(event.id)
+                else:
+                    logger.warning(f"reson8 server: ignored client message {event.type!r}")
+                    continue
+            await self._drive(ws, engine)
+
+    async def _drive(self, ws: ServerConnection, engine: TurnEngine | TranscriptEngine) -> None:
+        loop = asyncio.get_running_loop()
+        assert self._run_job is not None and self._pool is not None
+        while (item := engine.next()) is not None:
+            if ws.state is not State.OPEN:
+                return  # the client is closing: nothing more to say to it
+            if isinstance(item, RecognizeJob | EndOfTurnJob):
+                result = await loop.run_in_executor(self._pool, self._run_job, item)
+                engine.resolve(item, result)
+            else:
+                await self._send(ws, item)
+
+    async def _send(self, ws: ServerConnection, event: Event) -> None:
+        await ws.send(serialize_event(event))

@@ -1,0 +1,306 @@
+"""The embedded server over real sockets: the upgrade, the error table, limits, sessions.
+
+Recognition here is scripted (the real models are tested in test_engine_quality.py), so
+these tests check the server's protocol behaviour with the real VAD on real speech.
+A raw ``websockets`` client written from the spec documents checks the server side, so
+the project's own client and server cannot agree on a mistake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from websockets.asyncio.client import connect as raw_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from reson8_voice import (
+    ApiKey,
+    BadRequest,
+    BearerToken,
+    ErrorEvent,
+    FlushConfirmation,
+    RealtimeParams,
+    Secret,
+    Transcript,
+    TurnEnd,
+    TurnEndCandidate,
+    TurnsParams,
+    TurnStart,
+    TurnStateMachine,
+    Unauthorized,
+    connect_realtime,
+    connect_turns,
+    parse_event,
+)
+from reson8_voice.engine.turn_engine import (
+    EngineConfig,
+    TurnEngine,
+    run_to_completion,
+)
+from reson8_voice.server import Reson8Server, ServerConfig
+
+from .audio_fixtures import load_fixture
+from .conftest import scripted_runner
+
+KEY = "r8_test_key_0123456789abcdef"
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Reson8Server]:
+    async with Reson8Server(ServerConfig(port=0), scripted_runner()) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def keyed_server() -> AsyncIterator[Reson8Server]:
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)), scripted_runner()) as s:
+        yield s
+
+
+TURNS = "/v1/speech-to-text/turns"
+REALTIME = "/v1/speech-to-text/realtime"
+
+
+async def _rejection(url: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+    with pytest.raises(InvalidStatus) as info:
+        async with raw_connect(url, **kwargs):
+            pass
+    return info.value.response.status_code, json.loads(info.value.response.body or b"{}")
+
+
+async def test_unknown_path_is_404(server: Reson8Server) -> None:
+    status, body = await _rejection(server.url + "/v1/speech-to-text/nope")
+    assert status == 404 and body["code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize(("query", "parameter"), [
+    ("encoding=opus", "encoding"), ("sample_rate=12", "sample_rate"),
+    ("include_words=perhaps", "include_words"), ("encoding=mulaw&encoding=alaw", "encoding"),
+])
+async def test_bad_parameters_are_400_naming_the_parameter(
+    server: Reson8Server, query: str, parameter: str
+) -> None:
+    status, body = await _rejection(f"{server.url}{TURNS}?{query}")
+    assert status == 400 and body["code"] == "INVALID_REQUEST"
+    assert parameter in body["message"] and body["parameter"] == parameter
+
+
+async def test_realtime_refuses_g711(server: Reson8Server) -> None:
+    status, body = await _rejection(f"{server.url}{REALTIME}?encoding=mulaw")
+    assert (status, body["parameter"]) == (400, "encoding")
+
+
+async def test_client_maps_400_to_bad_request(server: Reson8Server) -> None:
+    with pytest.raises(BadRequest) as info:
+        await connect_turns(server.url + "/?language=%21%21")
+    assert info.value.status == 400 and info.value.code == "INVALID_REQUEST"
+    assert info.value.parameter == "language"
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "ApiKey wrong"},
+                                     {"Authorization": f"Basic {KEY}"},
+                                     {"Authorization": f"ApiKey {KEY}x"}])
+async def test_missing_or_wrong_credentials_are_401(
+    keyed_server: Reson8Server, headers: dict[str, str]
+) -> None:
+    status, body = await _rejection(keyed_server.url + TURNS, additional_headers=headers)
+    assert status == 401 and body["code"] == "UNAUTHORIZED"
+    assert KEY not in json.dumps(body)
+
+
+async def test_auth_is_checked_before_parameters(keyed_server: Reson8Server) -> None:
+    status, _ = await _rejection(f"{keyed_server.url}{TURNS}?encoding=opus")
+    assert status == 401
+
+
+@pytest.mark.parametrize("credentials", [
+    ApiKey.of(KEY), BearerToken.of(KEY), BearerToken.of(KEY, via="subprotocol"),
+])
+async def test_each_auth_scheme_is_accepted(
+    keyed_server: Reson8Server, credentials: ApiKey | BearerToken
+) -> None:
+    conn = await connect_turns(keyed_server.url, TurnsParams(encoding="mulaw", sample_rate=8000),
+                               credentials)
+    async with conn:
+        if isinstance(credentials, BearerToken) and credentials.via == "subprotocol":
+            assert conn.websocket.subprotocol == "bearer"
+        await conn.send_audio(b"\xff" * 1600)
+
+
+async def test_browser_style_subprotocol_auth_with_raw_client(keyed_server: Reson8Server) -> None:
+    async with raw_connect(keyed_server.url + TURNS + "?encoding=pcm_s16le",
+                           subprotocols=["bearer", KEY]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "bearer"
+
+
+async def test_client_maps_401_to_unauthorized_without_leaking_the_key(
+    keyed_server: Reson8Server
+) -> None:
+    with pytest.raises(Unauthorized) as info:
+        await connect_turns(keyed_server.url, credentials=ApiKey.of("r8_wrong_SECRET123"))
+    assert info.value.status == 401 and info.value.code == "UNAUTHORIZED"
+    assert "SECRET123" not in str(info.value) and "SECRET123" not in repr(info.value)
+
+
+async def _collect(conn: Any, until: Callable[[Any], bool], limit_s: float = 20.0) -> list[Any]:
+    events: list[Any] = []
+
+    async def read() -> None:
+        async for event in conn:
+            events.append(event)
+            if until(event):
+                return
+
+    await asyncio.wait_for(read(), limit_s)
+    return events
+
+
+async def test_turns_session_on_real_speech_yields_one_legal_turn_per_spoken_turn(
+    server: Reson8Server,
+) -> None:
+    fx = load_fixture("call_delivery")
+    params = TurnsParams(encoding="mulaw", sample_rate=8000, include_words=True,
+                         include_timestamps=True, include_language=True)
+    async with await connect_turns(server.url, params) as conn:
+        sender = asyncio.create_task(_send_all(conn, fx.chunks(20)))
+        checker = TurnStateMachine()
+        ended = 0
+
+        def until(event: Any) -> bool:
+            nonlocal ended
+            turn = checker.process(event)  # raises on any illegal sequence
+            if turn is not None:
+                ended += 1
+            return ended == len(fx.turns)
+
+        events = await _collect(conn, until)
+        await sender
+    starts = [e for e in events if isinstance(e, TurnStart)]
+    assert len(starts) == len(fx.turns)
+    candidate = next(e for e in events if isinstance(e, TurnEndCandidate))
+    assert candidate.language == "en" and candidate.words and candidate.start_ms is not None
+    first = fx.turns[0]
+    assert abs(candidate.start_ms - first.start_ms) < 200  # real VAD found the onset
+
+
+async def _send_all(conn: Any, chunks: Any) -> None:
+    for chunk in chunks:
+        await conn.send_audio(chunk)
+
+
+async def test_fast_streaming_gives_the_same_events_as_real_time(server: Reson8Server) -> None:
+    fx = load_fixture("call_restaurant")
+    reference = [e for _, e in run_to_completion(
+        TurnEngine(EngineConfig(), sample_rate=8000), fx.chunks(20, pcm=True),
+        scripted_runner(), end=False)]
+    assert sum(isinstance(e, TurnEnd) for e in reference) == len(fx.turns)
+    async with await connect_turns(server.url, TurnsParams(encoding="mulaw",
+                                                           sample_rate=8000)) as conn:
+        # the whole file in 4 KiB messages as fast as the socket takes them
+        data = fx.data
+        sender = asyncio.create_task(_send_all(conn, (data[i:i + 4096]
+                                                      for i in range(0, len(data), 4096))))
+        got: list[Any] = []
+
+        async def read() -> None:
+            async for event in conn:
+                got.append(event)
+                if len(got) == len(reference):
+                    return
+
+        await asyncio.wait_for(read(), 30)
+        await sender
+    assert got == reference
+
+
+async def test_message_over_the_limit_gets_an_error_and_a_close(server: Reson8Server) -> None:
+    async with raw_connect(server.url + TURNS + "?encoding=pcm_s16le",
+                           max_size=None) as ws:
+        await ws.send(b"\x00" * ((1 << 20) + 2))
+        event = parse_event(await asyncio.wait_for(ws.recv(), 10))
+        assert isinstance(event, ErrorEvent) and event.code == "MESSAGE_TOO_LARGE"
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+
+
+async def test_raw_audio_with_auto_encoding_is_refused_clearly(server: Reson8Server) -> None:
+    async with raw_connect(server.url + TURNS) as ws:
+        await ws.send(load_fixture("short_answers").data[:1600])
+        event = parse_event(await asyncio.wait_for(ws.recv(), 10))
+        assert isinstance(event, ErrorEvent) and event.code == "INVALID_AUDIO"
+        assert "encoding" in event.message
+
+
+def _streaming_wav_header(rate: int, fmt: int = 7, bits: int = 8) -> bytes:
+    block = bits // 8
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " +
+            struct.pack("<IHHIIHH", 16, fmt, 1, rate, rate * block, block, bits) +
+            b"data" + struct.pack("<I", 0xFFFFFFFF))
+
+
+async def test_auto_encoding_reads_an_indefinite_length_streaming_wav(
+    server: Reson8Server,
+) -> None:
+    fx = load_fixture("short_answers")
+    async with await connect_turns(server.url, TurnsParams()) as conn:  # encoding=auto
+        await conn.send_audio(_streaming_wav_header(8000)[:10])  # header split across frames
+        await conn.send_audio(_streaming_wav_header(8000)[10:] + fx.data[:8000])
+        sender = asyncio.create_task(_send_all(conn, (fx.data[i:i + 1600]
+                                                      for i in range(8000, len(fx.data), 1600))))
+        events = await _collect(conn, lambda e: isinstance(e, TurnEnd))
+        await sender
+    assert isinstance(events[0], TurnStart) and isinstance(events[-1], TurnEnd)
+
+
+async def test_session_time_limit(server: Reson8Server) -> None:
+    async with Reson8Server(ServerConfig(port=0, max_session_s=0.5), scripted_runner()) as srv:
+        async with raw_connect(srv.url + TURNS + "?encoding=pcm_s16le") as ws:
+            event = parse_event(await asyncio.wait_for(ws.recv(), 10))
+            assert isinstance(event, ErrorEvent) and event.code == "SESSION_TIME_LIMIT"
+
+
+async def test_realtime_flush_returns_final_transcript_then_confirmation(
+    server: Reson8Server,
+) -> None:
+    fx = load_fixture("short_answers")
+    params = RealtimeParams(encoding="pcm_s16le", sample_rate=8000)
+    async with await connect_realtime(server.url, params) as conn:
+        first = fx.turns[0]
+        await conn.send_audio(fx.pcm16()[: (first.end_ms - 50) * 16])  # mid-word, no pause yet
+        await conn.flush("abc123")
+        events = await _collect(conn, lambda e: isinstance(e, FlushConfirmation))
+        assert [type(e) for e in events] == [Transcript, FlushConfirmation]
+        assert events[-1].id == "abc123" and events[0].final
+        await conn.flush()
+        events = await _collect(conn, lambda e: isinstance(e, FlushConfirmation))
+        assert events == [FlushConfirmation(None)]
+
+
+async def test_client_vanishing_mid_turn_frees_its_session(server: Reson8Server) -> None:
+    fx = load_fixture("long_turn")
+    ws = await raw_connect(server.url + TURNS + "?encoding=mulaw&sample_rate=8000")
+    await ws.send(fx.data[: 3 * 8000])
+    assert isinstance(parse_event(await asyncio.wait_for(ws.recv(), 10)), TurnStart)
+    assert server.sessions_active == 1
+    ws.transport.abort()  # no close frame: the client is simply gone
+    await asyncio.wait_for(server.wait_idle(), 10)
+    assert server.sessions_active == 0
+
+
+async def test_non_loopback_bind_without_key_is_refused_by_the_cli() -> None:
+    import subprocess
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "reson8_voice", "serve", "--host", "0.0.0.0", "--port", "0",
+        stderr=subprocess.PIPE, env={"PATH": "/usr/bin:/bin"})
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 3
+    assert b"without an API key" in err
+

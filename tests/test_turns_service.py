@@ -1,0 +1,156 @@
+"""Reson8TurnsSTTService in real pipecat pipelines against the embedded server."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pipecat.frames.frames import (
+    InterimTranscriptionFrame,
+    ProposedUserStartedSpeakingFrame,
+    ProposedUserStoppedSpeakingFrame,
+    TranscriptionFrame,
+)
+
+from reson8_voice.pipecat import Reson8TurnsSTTService
+from reson8_voice.server import Reson8Server
+
+from .audio_fixtures import load_fixture
+from .pipeline_harness import Harness
+
+
+def watch(service: Any, event: str) -> asyncio.Event:
+    """An asyncio.Event set when ``service`` fires the pipecat event handler ``event``."""
+    fired = asyncio.Event()
+
+    @service.event_handler(event)
+    async def _on_event(*args: Any) -> None:
+        fired.set()
+
+    return fired
+
+
+TURN_FRAMES = (ProposedUserStartedSpeakingFrame, InterimTranscriptionFrame, TranscriptionFrame,
+               ProposedUserStoppedSpeakingFrame)
+
+
+async def test_frames_come_out_in_the_documented_order(scripted_server: Reson8Server) -> None:
+    fx = load_fixture("call_delivery")
+    stt = Reson8TurnsSTTService(url=scripted_server.url)
+    connected = watch(stt, "on_connected")
+    reasons: list[str] = []
+
+    @stt.event_handler("on_fallback_started")
+    async def _fallback(service: Any, reason: str) -> None:
+        reasons.append(reason)
+
+    async with Harness([stt]) as h:
+        await asyncio.wait_for(connected.wait(), 10)
+        await h.feed(fx.pcm16(), speed=4.0)
+        await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
+                         == len(fx.turns), 30)
+    names = h.timeline(TURN_FRAMES)
+    # per turn: start, one or more interims, the final transcript, then the stop
+    turns, current = [], []
+    for name in names:
+        current.append(name)
+        if name == "ProposedUserStoppedSpeakingFrame":
+            turns.append(current)
+            current = []
+    assert len(turns) == len(fx.turns) and not current
+    for turn in turns:
+        assert turn[0] == "ProposedUserStartedSpeakingFrame"
+        assert turn[-2:] == ["TranscriptionFrame", "ProposedUserStoppedSpeakingFrame"]
+        assert set(turn[1:-2]) == {"InterimTranscriptionFrame"}
+    finals = h.of_type(TranscriptionFrame)
+    assert all(f.finalized and f.text for f in finals)  # type: ignore[attr-defined]
+    assert not stt.in_fallback and reasons == []
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_unreachable_at_start_falls_back_then_replays_the_outage() -> None:
+    from reson8_voice.server import ServerConfig
+
+    from .conftest import scripted_runner
+
+    fx = load_fixture("call_delivery")
+    port = _free_port()
+    stt = Reson8TurnsSTTService(url=f"ws://127.0.0.1:{port}", reconnect_delay_s=(0.05, 0.2))
+    fell_back, came_back = watch(stt, "on_fallback_started"), watch(stt, "on_fallback_ended")
+    pcm = fx.pcm16()
+    split = (fx.turns[1].end_ms + 1000) * 16  # after the second turn, in silence
+    async with Harness([stt]) as h:
+        await asyncio.wait_for(fell_back.wait(), 10)
+        await h.feed(pcm[:split], speed=8.0)
+        # the outage: the local VAD alone proposed both turns
+        await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame)) == 2, 10)
+        assert h.of_type(TranscriptionFrame) == []
+        async with Reson8Server(ServerConfig(port=port), scripted_runner()):
+            await asyncio.wait_for(came_back.wait(), 15)
+            # the two outage turns were replayed and transcribed
+            await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) == 2, 15)
+            await h.feed(pcm[split:], speed=8.0)
+            await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) == len(fx.turns), 30)
+            await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
+                             == len(fx.turns), 10)
+            await h.stop()
+    starts = h.of_type(ProposedUserStartedSpeakingFrame)
+    assert len(starts) == len(fx.turns)
+    assert stt.stats["replayed_bytes"] > 0 and stt.stats["fallbacks"] == 1
+    recovered, live = h.of_type(TranscriptionFrame)[:2], h.of_type(TranscriptionFrame)[2:]
+    assert all(f.text for f in recovered + live)  # type: ignore[attr-defined]
+
+
+async def test_8khz_uplink_is_the_carriers_mulaw_byte_for_byte() -> None:
+    """Twilio's mu-law, decoded by pipecat's own serializer, goes up as the same bytes."""
+    import base64
+    import json
+
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.serializers.twilio import TwilioFrameSerializer
+    from pipecat.utils.asyncio.task_manager import TaskManager
+    from websockets.asyncio.server import serve
+
+    received = bytearray()
+    query: list[str] = []
+    got_all = asyncio.Event()
+    carrier = load_fixture("short_answers").data[:16000]  # 2 s as the carrier sent it
+
+    async def peer(ws: Any) -> None:  # a turns server reduced to recording the uplink
+        query.append(ws.request.path)
+        async for message in ws:
+            received.extend(message)
+            if len(received) >= len(carrier):
+                got_all.set()
+
+    serializer = TwilioFrameSerializer("MZ00", params=TwilioFrameSerializer.InputParams(
+        auto_hang_up=False))
+    await serializer.setup(FrameProcessorSetup(  # type: ignore[arg-type]
+        clock=None, task_manager=TaskManager(), pipeline_worker=None,
+        audio_in_sample_rate=8000))
+    frames = []
+    for i in range(0, len(carrier), 160):
+        media = {"event": "media", "media": {
+            "payload": base64.b64encode(carrier[i:i + 160]).decode()}}
+        frames.append(await serializer.deserialize(json.dumps(media)))
+    async with serve(peer, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        stt = Reson8TurnsSTTService(url=f"ws://127.0.0.1:{port}")
+        connected = watch(stt, "on_connected")
+        async with Harness([stt]) as h:
+            await asyncio.wait_for(connected.wait(), 10)
+            for frame in frames:
+                await h.send(frame)
+            await asyncio.wait_for(got_all.wait(), 10)
+    assert "encoding=mulaw" in query[0] and "sample_rate=8000" in query[0]
+    # every byte identical, but for mu-law's negative zero (0x7F), which decodes to 0
+    # like positive zero (0xFF) and is re-encoded as such
+    expected = carrier.replace(b"\x7f", b"\xff")
+    assert bytes(received[: len(carrier)]) == expected
