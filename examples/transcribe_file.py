@@ -33,11 +33,13 @@ async def transcribe(path: Path, url: str = "ws://127.0.0.1:8765") -> list[Compl
                 await asyncio.sleep(0)  # as fast as the server takes it
 
         sender = asyncio.create_task(send())
-        while not (sender.done() and not machine.in_turn):
+        while True:
             try:
-                event = await asyncio.wait_for(conn.recv(), 3.0)
+                event = await asyncio.wait_for(conn.recv(), 0.5)  # recv is cancel-safe
             except TimeoutError:
-                break  # nothing more to say
+                if sender.done() and not machine.in_turn:
+                    break  # all audio out, no turn open, nothing more coming
+                continue
             if isinstance(event, TurnStart | TurnEndCandidate | TurnContinuation | TurnEnd):
                 turn = machine.process(event)
                 if turn is not None:

@@ -149,6 +149,9 @@ class TurnArbiter:
         self.local_speaking = False
         self.connected = False
         self._replay_pending = False
+        self._replay_owed = False
+        self._replay_deadline: float | None = None
+        self._paused_in_turn = False  # the local VAD heard the open turn end
         self._outage_since: float | None = 0.0
         self._deadline: tuple[float, str] | None = None
         self._false_start: float | None = None
@@ -161,10 +164,17 @@ class TurnArbiter:
         self.false_start_s = 0.8
 
     # -- inputs ----------------------------------------------------------------------------
-    def connection_ready(self, now: float, *, replay_pending: bool = False) -> list[Decision]:
-        """A session is open (``replay_pending``: outage audio is being replayed first)."""
+    def connection_ready(self, now: float, *, replay_pending: bool = False,
+                         replay_has_speech: bool = False) -> list[Decision]:
+        """A session is open.
+
+        ``replay_pending``: outage audio is being replayed first; ``replay_has_speech``:
+        the local VAD heard speech in it, so the server owes a turn for it before it may
+        decide turns again (otherwise its answers for old speech would read as new turns).
+        """
         self.connected = True
         self._replay_pending = replay_pending
+        self._replay_owed = replay_has_speech
         self.server.reset()
         self._deadline = None
         return self._maybe_hand_back(now)
@@ -172,6 +182,9 @@ class TurnArbiter:
     def replay_done(self, now: float) -> list[Decision]:
         """All replayed audio has been sent."""
         self._replay_pending = False
+        if self._replay_owed:
+            # the server must answer for the replayed speech, or it is no better than the last
+            self._replay_deadline = now + 2 * self.watchdog_s
         return self._maybe_hand_back(now)
 
     def connection_lost(self, now: float, reason: str) -> list[Decision]:
@@ -190,8 +203,12 @@ class TurnArbiter:
             self._fallback_announced = True
         if closed is not None and closed.text:
             out.append(FinalTranscript(closed))
-        if self.turn_open and not self.local_speaking:
+        if self.turn_open and (not self.local_speaking or self._paused_in_turn):
+            # over, or the caller is already on a new utterance: close the old turn
             out.append(self._stop("local"))
+            if self.local_speaking:
+                out.append(self._start("local"))
+        self._paused_in_turn = False
         return out
 
     def local_speech_started(self, now: float) -> list[Decision]:
@@ -206,19 +223,21 @@ class TurnArbiter:
     def local_speech_stopped(self, now: float) -> list[Decision]:
         """The local VAD heard the speech end."""
         self.local_speaking = False
+        self._paused_in_turn = self.turn_open
         out: list[Decision] = []
         if self.mode is Mode.FALLBACK:
             if self.turn_open:
                 out.append(self._stop("local"))
             out.extend(self._maybe_hand_back(now))
         elif self.server.in_turn:
-            if self.server.candidate is None:  # a pause: the server owes a candidate
-                self._deadline = (now + self.watchdog_s, "turn_end_candidate")
+            # a pause: the server owes a candidate, or the end of the candidate it sent
+            owed = "turn_end" if self.server.candidate is not None else "turn_end_candidate"
+            self._deadline = (now + self.watchdog_s, owed)
         elif self._server_heard_at >= self._local_started:
             pass  # the server already answered for this speech (its turn may be over)
         elif now - self._local_started >= self.min_server_speech_s:
             # speech the server must have heard, yet no turn_start: it owes one
-            self._deadline = (self._local_started + self.watchdog_s, "turn_start")
+            self._deadline = (now + self.watchdog_s, "turn_start")
         elif self.turn_open:
             # too short for the server to call it speech (a click, a cough): give it a
             # moment, then withdraw the locally opened turn
@@ -250,6 +269,9 @@ class TurnArbiter:
             elif turn is not None:
                 if turn.text:
                     out.append(FinalTranscript(turn, recovered=True))
+                if not self._replay_pending:
+                    self._replay_owed = False
+                    self._replay_deadline = None
                 out.extend(self._maybe_hand_back(now))
             return out
         if isinstance(event, TurnStart):
@@ -267,6 +289,10 @@ class TurnArbiter:
     def check(self, now: float) -> list[Decision]:
         """The watchdog: call periodically (every ~100 ms) while connected."""
         out: list[Decision] = []
+        if self.connected and self._replay_deadline is not None and now >= self._replay_deadline:
+            # the new session never answered for the replayed speech: it is dead too
+            self._replay_deadline = None
+            out.append(WatchdogExpired(2 * self.watchdog_s, "a turn for the replayed speech"))
         if self._false_start is not None and now >= self._false_start:
             self._false_start = None
             if self.turn_open and not self.local_speaking and not self.server.in_turn:
@@ -305,16 +331,20 @@ class TurnArbiter:
 
     def _start(self, source: str) -> ProposeStart:
         self.turn_open = True
+        self._paused_in_turn = False
         return ProposeStart(source)
 
     def _stop(self, source: str) -> ProposeStop:
         self.turn_open = False
+        self._paused_in_turn = False
         return ProposeStop(source)
 
     def _maybe_hand_back(self, now: float) -> list[Decision]:
         if (self.mode is Mode.FALLBACK and self.connected and not self._replay_pending
-                and not self.local_speaking and not self.server.in_turn and not self.turn_open):
+                and not self._replay_owed and not self.local_speaking
+                and not self.server.in_turn and not self.turn_open):
             self.mode = Mode.REMOTE
+            self._replay_deadline = None
             since = self._outage_since if self._outage_since is not None else now
             self._outage_since = None
             announced, self._fallback_announced = self._fallback_announced, False

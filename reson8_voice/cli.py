@@ -135,11 +135,12 @@ def _transcribe_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                           help="never draw it (default: on a terminal, for files over 15 s)")
 
 
-def _configure_logging(verbose: bool, log_file: Path | None = None) -> None:
+def _configure_logging(verbose: bool, log_file: Path | None = None,
+                       quiet_level: str = "ERROR") -> None:
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if verbose else "ERROR")
+    logger.add(sys.stderr, level="DEBUG" if verbose else quiet_level)
     if log_file is not None:
         logger.add(log_file, level="DEBUG")
 
@@ -266,8 +267,8 @@ _COMMANDS = {"serve": _serve, "demo": _demo, "transcribe": _transcribe}
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if args.command != "demo":
-        _configure_logging(False)
+    if args.command != "demo":  # the demo logs to its report folder
+        _configure_logging(False, quiet_level="INFO" if args.command == "serve" else "ERROR")
     try:
         return asyncio.run(_COMMANDS[args.command](args))
     except KeyboardInterrupt:

@@ -85,8 +85,28 @@ def test_watchdog_fires_when_long_speech_gets_no_turn_start() -> None:
     a = connected(watchdog_s=2.0, barge_in="first")
     a.local_speech_started(1.0)
     a.local_speech_stopped(2.5)
-    [expired] = a.check(3.0)
+    assert a.check(4.4) == []
+    [expired] = a.check(4.5)
     assert isinstance(expired, WatchdogExpired) and expired.expecting == "turn_start"
+
+
+def test_watchdog_fires_when_a_candidate_is_never_ended() -> None:
+    a = connected(watchdog_s=2.0)
+    a.server_event(1, TurnStart())
+    a.server_event(2, TurnEndCandidate("hello"))
+    a.local_speech_stopped(2.6)  # the server owes turn_end (or turn_continuation)
+    [expired] = a.check(4.6)
+    assert isinstance(expired, WatchdogExpired) and expired.expecting == "turn_end"
+
+
+def test_no_watchdog_when_the_server_already_ended_the_turn() -> None:
+    a = connected(watchdog_s=2.0, barge_in="first")
+    a.local_speech_started(1.0)
+    a.server_event(1.1, TurnStart())
+    a.server_event(3.0, TurnEndCandidate("a long sentence"))
+    a.server_event(3.6, TurnEnd())
+    a.local_speech_stopped(3.8)  # the local VAD is slower to call the end
+    assert a.check(10) == []
 
 
 def test_any_server_event_feeds_the_watchdog() -> None:

@@ -64,8 +64,8 @@ async def test_demo_call_prints_a_timeline_and_writes_the_report(tmp_path: Path)
         caller_hangs_up=True, stt_options={"watchdog_s": 6.0},
         llm_factory=lambda ctx: ScriptedReplyLLM((), fallback="Noted, thank you."),
         tts_factory=lambda: EspeakTTSService(rate_wpm=300),
-        caller_options={"greeting_wait_s": 6.0, "reply_pause_s": 0.3})
-    options.greeting = True
+        caller_options={"greeting_wait_s": 0.5, "reply_pause_s": 0.3})
+    options.greeting = False
     result = await run_demo(options, printer)
     text = out.getvalue()
     # the offline defaults are said plainly, then the call, then the summary
@@ -76,8 +76,11 @@ async def test_demo_call_prints_a_timeline_and_writes_the_report(tmp_path: Path)
                    "end of speech -> turn_end", "barge-ins"):
         assert needle in text, needle
     assert result.summary.detected == 1 and result.caller.ended_by == "caller"
-    # the greeting was heard before the caller spoke: no barge-in
+    # the bot answered after the caller finished, never over them
     assert result.summary.barge_ins == 0
+    row = result.summary.turns[0]
+    assert row.end_latency_s is not None and row.response_latency_s is not None
+    assert 0 < row.end_latency_s <= row.response_latency_s < 3.0
     assert result.report is not None and result.report.name == "timeline.html"
     folder = result.report.parent
     assert folder.parent == tmp_path

@@ -154,3 +154,75 @@ async def test_8khz_uplink_is_the_carriers_mulaw_byte_for_byte() -> None:
     # like positive zero (0xFF) and is re-encoded as such
     expected = carrier.replace(b"\x7f", b"\xff")
     assert bytes(received[: len(carrier)]) == expected
+
+
+async def test_user_aggregator_resolves_every_turn_with_barge_in(
+    scripted_server: Reson8Server,
+) -> None:
+    """The recommended strategies turn proposals into user turns and interruptions."""
+    from pipecat.frames.frames import (
+        BotStartedSpeakingFrame,
+        InterruptionFrame,
+        UserStartedSpeakingFrame,
+        UserStoppedSpeakingFrame,
+    )
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+    from pipecat.processors.frame_processor import FrameDirection
+
+    fx = load_fixture("call_delivery")
+    stt = Reson8TurnsSTTService(url=scripted_server.url)
+    finals: list[str] = []
+
+    @stt.event_handler("on_turn_end")
+    async def _on_end(service: Any, turn: Any) -> None:
+        finals.append(turn.text)
+
+    context = LLMContext()
+    user = LLMContextAggregatorPair(context).user()
+    async with Harness([stt, user]) as h:
+        await h.send(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)  # the bot is talking
+        await h.feed(fx.pcm16(), speed=4.0)
+        await h.wait_for(lambda h: len(h.of_type(UserStoppedSpeakingFrame)) == len(fx.turns), 30)
+    assert len(h.of_type(UserStartedSpeakingFrame)) == len(fx.turns)
+    names = [type(f).__name__ for _, f in h.recorder.frames]
+    first_start = names.index("UserStartedSpeakingFrame")
+    assert "InterruptionFrame" in names[first_start:first_start + 3]  # barge-in
+    assert len(h.of_type(InterruptionFrame)) == len(fx.turns)
+    messages = [m["content"] for m in context.get_messages()]  # type: ignore[index]
+    assert messages == finals and len(messages) == len(fx.turns)
+
+
+async def test_eager_reply_is_cancelled_by_continuation_and_final_is_whole_turn(
+    scripted_server: Reson8Server,
+) -> None:
+    from pipecat.frames.frames import (
+        EagerEndOfTurnCancelFrame,
+        LLMContextFrame,
+        UserStoppedSpeakingFrame,
+    )
+    from pipecat.processors.aggregators.llm_context import LLMContext
+    from pipecat.processors.aggregators.llm_response_universal import LLMContextAggregatorPair
+
+    fx = load_fixture("call_delivery")
+    first = fx.turns[0]
+    assert len(first.segments) > 1  # a turn with pauses: candidates, then continuations
+    stt = Reson8TurnsSTTService(url=scripted_server.url, enable_eager_end_of_turn=True)
+    candidates: list[str] = []
+
+    @stt.event_handler("on_turn_end_candidate")
+    async def _on_candidate(service: Any, text: str) -> None:
+        candidates.append(text)
+
+    context = LLMContext()
+    async with Harness([stt, LLMContextAggregatorPair(context).user()]) as h:
+        await h.feed(fx.pcm16()[: (first.end_ms + 1500) * 16], speed=4.0)
+        await h.wait_for(lambda h: len(h.of_type(UserStoppedSpeakingFrame)) == 1, 20)
+    names = [type(f).__name__ for _, f in h.recorder.frames]
+    # a speculative reply was started from the first candidate, then withdrawn
+    assert names.index("LLMContextFrame") < names.index("EagerEndOfTurnCancelFrame")
+    assert len(h.of_type(EagerEndOfTurnCancelFrame)) >= 1
+    assert len(h.of_type(LLMContextFrame)) >= 2
+    [message] = context.get_messages()
+    assert message["content"] == candidates[-1]  # type: ignore[index]
+    assert len(candidates[-1]) > len(candidates[0])  # the final is the whole turn

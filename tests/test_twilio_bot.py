@@ -118,7 +118,12 @@ def test_barge_in_sends_twilio_clear_while_the_bot_speaks(calls: dict[str, Call]
     # the bot knew it was cut off, and what the caller had heard of the reply by then
     interrupted = _events(call, "bot_interrupted")
     assert interrupted and interrupted[-1].data["unheard"]
-    assert REPLY.startswith(interrupted[-1].data["heard"])
+    heard = interrupted[-1].data["heard"]
+    assert heard and REPLY.startswith(heard) and heard != REPLY
+    # the LLM context keeps only what the caller heard of the interrupted reply
+    context = call.app.state.sessions[-1].context
+    said = [m["content"] for m in context.get_messages() if m["role"] == "assistant"]
+    assert said.count(heard) == 1 and said.count(REPLY) == len(said) - 1
     assert any(e.data.get("cleared") for e in _events(call, "bot_speech_stop"))
 
 

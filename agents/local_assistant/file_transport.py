@@ -107,7 +107,7 @@ class FileAudioOutput(BaseOutputTransport):
         super().__init__(params, **kwargs)
         self._path = path
         self._speed = speed
-        self._next = 0.0
+        self._play_until = 0.0
         self.audio = bytearray()
         #: monotonic time the last bot audio finished playing
         self.last_played = 0.0
@@ -121,10 +121,10 @@ class FileAudioOutput(BaseOutputTransport):
         """Keep the audio and wait as long as it would take to play."""
         self.audio += frame.audio
         now = time.monotonic()
-        self._next = max(self._next, now) + len(frame.audio) / 2 / frame.sample_rate \
+        self._play_until = max(self._play_until, now) + len(frame.audio) / 2 / frame.sample_rate \
             / self._speed
-        self.last_played = self._next
-        await asyncio.sleep(max(0.0, self._next - now - 0.005))
+        self.last_played = self._play_until
+        await asyncio.sleep(max(0.0, self._play_until - now - 0.005))
         return True
 
     def save(self) -> Path | None:

@@ -208,6 +208,7 @@ class CallSession:
         self.call_sid = str(call_data.get("call_id") or "")
         self.ledger = PlaybackLedger(observer=self.emit)
         self.worker: PipelineWorker | None = None
+        self.context: LLMContext | None = None
         self.ended_by: str | None = None
         self._hang_up_task: asyncio.Task[None] | None = None
 
@@ -222,18 +223,20 @@ class CallSession:
                 logger.exception("call observer failed")
 
     def schedule_hang_up(self, reason: str) -> None:
-        """Hang up once the caller has heard everything sent so far (see :meth:`hang_up`)."""
+        """Hang up once the caller has heard the reply now being spoken (the farewell)."""
         if self._hang_up_task is None:
-            self._hang_up_task = asyncio.get_running_loop().create_task(self.hang_up(reason))
+            marks_now = len(self.ledger.marks)
+            self._hang_up_task = asyncio.get_running_loop().create_task(
+                self.hang_up(reason, after=marks_now))
 
-    async def hang_up(self, reason: str) -> None:
-        """End the call cleanly: wait for the last mark echo, then end the pipeline.
+    async def hang_up(self, reason: str, *, after: int | None = None) -> None:
+        """End the call cleanly: wait for the farewell's last mark echo, then end the pipeline.
 
         The EndFrame makes the serializer ask Twilio's REST API to complete the call (with
-        credentials) and the transport close the media stream.
+        credentials) and the transport close the media stream. ``after`` is passed to
+        :meth:`PlaybackLedger.wait_played`.
         """
-        await asyncio.sleep(0.3)  # let the reply's TTS start so its marks exist
-        heard = await self.ledger.wait_played(self.config.hangup_grace_s)
+        heard = await self.ledger.wait_played(self.config.hangup_grace_s, after=after)
         if self.worker is None or self.ended_by is not None:
             return
         self.ended_by = "bot"
@@ -265,6 +268,7 @@ async def run_call(websocket: WebSocket, call_data: Mapping[str, Any], config: B
                                 **config.stt_options)
     _observe_stt(stt, session)
     context = LLMContext(messages=[{"role": "system", "content": config.system_prompt}])
+    session.context = context
     user_agg, assistant_agg = LLMContextAggregatorPair(
         context, user_params=LLMUserAggregatorParams(user_turn_strategies=None))
     llm = _make_llm(config, context, session)

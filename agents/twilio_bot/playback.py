@@ -94,10 +94,7 @@ class PlaybackLedger:
     marks: dict[str, MarkRecord] = field(default_factory=dict)
     epoch: int = 0
     reply: int = 0
-    _settled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def __post_init__(self) -> None:
-        self._settled.set()
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def emit(self, kind: str, **data: Any) -> None:
         if self.observer is not None:
@@ -109,7 +106,7 @@ class PlaybackLedger:
         record = MarkRecord(name, self.reply, text, audio_ms, self.epoch, time.monotonic(),
                             final)
         self.marks[name] = record
-        self._settled.clear()
+        self._changed.set()
         return record
 
     def echoed(self, name: str) -> MarkRecord | None:
@@ -121,15 +118,13 @@ class PlaybackLedger:
         record.echoed_at = time.monotonic()
         self.emit("mark_heard" if record.heard else "mark_flushed", name=name,
                    text=record.text, audio_ms=record.audio_ms, reply=record.reply)
-        if not self.pending:
-            self._settled.set()
+        self._changed.set()
         return record
 
     def cleared(self) -> None:
         """A ``clear`` is going out: marks pending now will echo unplayed."""
         self.epoch += 1
-        if not self.pending:
-            self._settled.set()
+        self._changed.set()
 
     @property
     def pending(self) -> list[MarkRecord]:
@@ -148,14 +143,22 @@ class PlaybackLedger:
         return " ".join(m.text for m in self.marks.values()
                         if m.reply == reply and not m.heard and m.text).strip()
 
-    async def wait_played(self, within_s: float) -> bool:
-        """Wait until everything sent has been played (or flushed); False on timeout."""
+    async def wait_played(self, within_s: float, *, after: int | None = None) -> bool:
+        """Wait until everything sent has been played (or flushed); False on timeout.
+
+        With ``after`` (a ``len(marks)`` taken earlier), also wait for a reply's final mark
+        sent since then: the reply being synthesized at that moment must be heard too.
+        """
         try:
             async with asyncio.timeout(within_s):
-                await self._settled.wait()
+                while True:
+                    newer = list(self.marks.values())[after:] if after is not None else []
+                    if not self.pending and (after is None or any(m.final for m in newer)):
+                        return True
+                    self._changed.clear()
+                    await self._changed.wait()
         except TimeoutError:
             return False
-        return True
 
 
 class PlaybackMarker(FrameProcessor):

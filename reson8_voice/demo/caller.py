@@ -239,8 +239,8 @@ class SimulatedTwilioCaller:
                 "From": "+15550100", "To": "+15550199", "CallStatus": "in-progress",
                 "Direction": "inbound"}
         stream_url, params = await asyncio.to_thread(fetch_twiml, self.twiml_url, form)
-        async with connect(stream_url, open_timeout=10, max_size=1 << 22,
-                           proxy=None) as ws:
+        async with connect(stream_url, open_timeout=10, max_size=1 << 22, proxy=None,
+                           compression=None) as ws:  # Twilio does not deflate
             self.ws = ws
             self.timeline.start_clock()
             self.timeline.add("caller", "call_connected", url=stream_url)

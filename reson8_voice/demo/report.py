@@ -51,9 +51,11 @@ def _title(text: str) -> str:
 
 
 def _wave_path(env: list[tuple[float, float]], x0: float, mid: float, half: float) -> str:
-    parts = [f"M{x0 + i:.1f},{mid - hi * half * 2.5:.1f}V{mid - lo * half * 2.5:.1f}"
-             for i, (lo, hi) in enumerate(env)]
-    return "".join(parts)
+    """Min/max columns, scaled x2.5 (speech peaks near -10 dBFS) and kept inside the lane."""
+    def y(v: float) -> float:
+        return mid - max(-1.0, min(1.0, v * 2.5)) * half * 0.95
+
+    return "".join(f"M{x0 + i:.1f},{y(hi):.1f}V{y(lo):.1f}" for i, (lo, hi) in enumerate(env))
 
 
 def _svg(timeline: CallTimeline, summary: CallSummary) -> str:
@@ -169,8 +171,12 @@ def _turn_mark(e: TimelineEvent, ty: int, th: int, timeline: CallTimeline) -> li
                 f'stroke="#9467bd" stroke-width="2">'
                 f'{_title(f"turn_continuation {e.t:.2f} s")}</path>']
     if e.kind == "turn_end":
-        done = [p for p in timeline.turns if p.end_s <= e.t and not p.dtmf]
-        label = f"{(e.t - done[-1].end_s) * 1000:.0f} ms" if done else ""
+        started = [p for p in timeline.turns if p.start_s <= e.t and not p.dtmf]
+        if started and e.t < started[-1].end_s:
+            label = "early"  # the caller was still talking
+        else:
+            done = [p for p in timeline.turns if p.end_s <= e.t and not p.dtmf]
+            label = f"{(e.t - done[-1].end_s) * 1000:.0f} ms" if done else ""
         return [f'<path d="M{x},{ty + th - 4}l5,-8h-10z" fill="#d62728">'
                 f'{_title("turn_end {:.2f} s: {}".format(e.t, e.data.get("text", "")))}</path>',
                 f'<text x="{x + 3}" y="{ty + th - 2}" fill="#a00">{label}</text>']

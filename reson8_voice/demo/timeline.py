@@ -326,8 +326,9 @@ class TerminalPrinter:
         self.line(f"end of speech -> bot audio   median "
                   f"{ms(summary.response_latency_median_s)}, "
                   f"p90 {ms(summary.response_latency_p90_s)}")
-        self.line(f"barge-ins            {summary.barge_ins} (clear messages: "
-                  f"{summary.clears})")
+        silent = summary.clears - summary.barge_ins
+        self.line(f"barge-ins            {summary.barge_ins} (Twilio clear messages: "
+                  f"{summary.clears}, {silent} of them while the bot was silent)")
         self.line(f"continuations        {summary.continuations}; early turn ends "
                   f"{summary.early_ends}; fallback switches {summary.fallbacks}")
         self.line(f"call ended by        {summary.ended_by or '?'} after "

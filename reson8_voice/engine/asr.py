@@ -6,11 +6,12 @@ heard so far) as 16 kHz mono audio and needs its text fast: a ``turn_end_candida
 synchronous; the server runs them in a bounded thread pool off the event loop.
 
 :class:`WhisperRecognizer` runs faster-whisper (CTranslate2). Stock Whisper pads every
-input to a 30 s window, and on CPU the encoder dominates: tiny.en takes ~630 ms per call at
-one thread whatever the utterance length. CTranslate2's encoder accepts shorter windows, so
-an utterance is encoded in a window of ``max(min_window_s, duration + 1 s)`` instead:
-15 s costs ~170 ms. On the project's speech fixtures this keeps the word error rate of
-the 30 s window (benchmarks/bench_models.py measures both); a whole-transcript repetition
+input to a 30 s window, and on CPU the encoder dominates: tiny.en's encoder alone takes
+~630 ms per call at one thread whatever the utterance length. CTranslate2's encoder accepts
+shorter windows, so an utterance is encoded in a window of ``max(min_window_s, duration +
+1 s)`` instead: 15 s costs ~170 ms, and a whole call ~2.5x less CPU than stock. On the
+project's speech fixtures this keeps the word error rate of the 30 s window
+(benchmarks/bench_models.py measures both); a whole-transcript repetition
 ("okay okay"), the one failure mode shorter windows make more likely, is decoded again with
 the full window. Audio longer than the window goes through faster-whisper's own chunked
 ``transcribe``.

@@ -125,7 +125,7 @@ class EngineConfig:
     snr_db: float = 10.0
     floor_window_ms: int = 3000
     speech_start_ms: int = 100
-    resume_ms: int = 100
+    resume_ms: int = 60
     pre_roll_ms: int = 300
     candidate_silence_ms: int = 200
     #: Measured on the committed fixtures (flite voices, 8 kHz): smart-turn v3 does not

@@ -93,6 +93,7 @@ _CONNECTION_BOUND = ("language", "custom_model_id", "include_timestamps", "inclu
 _VAD_RATES = (8000, 16000, 32000, 48000)
 _REPLAY_CHUNK_S = 0.1
 _TURN_START_REWIND_S = 0.6
+_MIN_TURN_GAP_S = 0.1
 
 
 @dataclass
@@ -234,6 +235,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._sent = 0  # backlog position sent on the current connection
         self._anchor = 0  # replay from here if the connection dies
         self._warned_drop = False
+        self._last_stop_at = 0.0
+        self._last_speech_pos = -1  # backlog position of the last audio the VAD called speech
         self._vad: VoiceActivityDetector | None = None
         self._vad_resampler: soxr.ResampleStream | None = None
         self._language: Language | str | None = None
@@ -334,11 +337,11 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         if self._stopping:
             return
         self._stopping = True
+        conn, self._conn = self._conn, None  # before the tasks that own it are cancelled
         for task in (self._watchdog_task, self._connection_task):
             if task is not None:
                 await self.cancel_task(task)
         self._watchdog_task = self._connection_task = None
-        conn, self._conn = self._conn, None
         if conn is not None:
             await self._close_quietly(conn)
         await self._apply(self.arbiter.close(time.monotonic()))
@@ -387,7 +390,10 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
             samples = np.frombuffer(audio, dtype=np.int16)
             pcm = np.asarray(self._vad_resampler.resample_chunk(samples), np.int16).tobytes()
         now = time.monotonic()
-        for event in self._vad.process(pcm):
+        events = self._vad.process(pcm)
+        if events or self._vad.speaking:
+            self._last_speech_pos = self._backlog.position
+        for event in events:
             if isinstance(event, SpeechStarted):
                 await self._apply(self.arbiter.local_speech_started(now))
             elif isinstance(event, SpeechStopped):
@@ -448,7 +454,9 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         replay = self._backlog.position - replay_from
         self._sent = replay_from
         await self._call_event_handler("on_connected")
-        await self._apply(self.arbiter.connection_ready(now, replay_pending=replay > 0))
+        heard = self._last_speech_pos >= replay_from or self.arbiter.local_speaking
+        await self._apply(self.arbiter.connection_ready(
+            now, replay_pending=replay > 0, replay_has_speech=replay > 0 and heard))
         reader = asyncio.create_task(self._receive(conn))
         try:
             if replay > 0:
@@ -550,16 +558,27 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                 if isinstance(decision, WatchdogExpired):
                     logger.warning(f"reson8: no {decision.expecting} within "
                                    f"{decision.waited_s:g} s: declaring the session dead")
-                    if self._conn is not None:
+                    conn = self._conn
+                    if conn is not None:
+                        # fall back now: a stalled peer may never finish a closing handshake
                         self._healthy.clear()
-                        await self._close_quietly(self._conn)
+                        await self._lost(f"silent for {decision.waited_s:g} s")
+                        conn.websocket.transport.abort()
                 else:
                     await self._apply([decision])
 
     # -- decisions -> frames -----------------------------------------------------------
     async def _apply(self, decisions: list[Decision]) -> None:
         for d in decisions:
+            logger.trace(f"reson8: {d}")
             if isinstance(d, ProposeStart):
+                # A start is a system frame and overtakes the queued stop (a control frame,
+                # behind its transcript): the aggregator would ignore a start that arrives
+                # while the previous turn is still open, and drop the new turn. Keep them
+                # a short gap apart so the stop is processed first.
+                gap = self._last_stop_at + _MIN_TURN_GAP_S - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
                 await self.broadcast_frame(ProposedUserStartedSpeakingFrame)
                 await self._call_event_handler("on_turn_start")
             elif isinstance(d, Candidate):
@@ -571,6 +590,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                 await self._on_final(d)
             elif isinstance(d, ProposeStop):
                 await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
+                self._last_stop_at = time.monotonic()
                 await self._maybe_planned_reconnect()
             elif isinstance(d, FallbackStarted):
                 self.stats["fallbacks"] += 1

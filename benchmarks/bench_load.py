@@ -1,0 +1,510 @@
+"""Load: N simultaneous simulated phone calls through Reson8TurnsSTTService into the embedded
+server (issue 7, "Load"). Loopback only, bounded in count and time.
+
+Run: ``python benchmarks/bench_load.py`` (both modes, bounded: ~4 min), ``--scripted`` or
+``--real`` for one mode, ``--quick`` for a smoke run under a minute, ``--duration 600`` for
+the full 10-minute soak; or import and call :func:`main`. Targets are printed with
+PASS/MISS, never asserted.
+
+Each call is a real pipecat pipeline (``Reson8TurnsSTTService`` at 8 kHz, mu-law uplink)
+fed Twilio-style: one 20 ms frame of 8 kHz audio (decoded from the committed mu-law
+fixtures, as pipecat's Twilio serializer decodes it) queued when its audio is complete in
+real time. Calls loop a phone-call fixture from a per-call offset (deterministic), so their
+turns do not line up. The server runs in a subprocess:
+
+* ``--scripted``: ``python benchmarks/_common.py serve-scripted``, the embedded server with
+  real VAD and turn logic but zero-cost scripted recognition (turns end at the engine's
+  silence ceiling): this isolates transport and turn logic. Target: 50 calls for 10 minutes
+  with no error, no late frame and memory flat within 10 % after warm-up.
+* ``--real``: ``python -m reson8_voice serve --port 0`` (Whisper tiny.en + smart-turn v3):
+  N = 2, 4, 8, 12, ... calls until the candidate p90 passes 1 s (the knee).
+
+Reported: per-call turn latencies (speech end -> ``InterimTranscriptionFrame``, the
+candidate, and -> ``ProposedUserStoppedSpeakingFrame``, the end of turn; speech onset ->
+``ProposedUserStartedSpeakingFrame``); frames late (reaching the service's ``run_stt`` more
+than 20 ms after their audio was complete) or dropped (never reaching it, or dropped from
+its outage backlog); fallbacks and errors; CPU (% of one core) and RSS of this process (the
+calls) and of the server, sampled from /proc over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import (
+    RATE,
+    REPO,
+    GtTurn,
+    ProcSampler,
+    Sample,
+    Score,
+    ServerProcess,
+    TurnScore,
+    fmt_s,
+    frames_of,
+    machine_line,
+    med,
+    p90,
+    pct,
+    quiet_logs,
+    score_turns,
+    summary_row,
+    table,
+    verdict,
+)
+
+_THIS = str(Path(__file__).resolve())
+CALL_FIXTURES = ("call_restaurant", "call_support", "call_delivery", "demo_call")
+LATE_S = 0.020
+TARGET_CALLS = 50
+TARGET_SOAK_S = 600
+TARGET_MEM_GROWTH = 0.10
+TARGET_CAND_P90_S = 1.0
+
+
+@dataclass
+class CallAudio:
+    """One call's audio: a fixture looped from an offset, and the complete turns in it."""
+
+    name: str
+    pcm16: bytes
+    turns: tuple[GtTurn, ...]
+
+
+def call_audio(index: int, duration_s: float, seed: int = 7) -> CallAudio:
+    """Call ``index``: a fixture (round robin) looped from a seeded offset, ``duration_s``."""
+    from tests.audio_fixtures import load_fixture
+
+    fx = load_fixture(CALL_FIXTURES[index % len(CALL_FIXTURES)])
+    rng = random.Random(seed * 1000 + index)
+    offset_ms = rng.randrange(0, fx.duration_ms)
+    total_ms = int(duration_s * 1000)
+    reps = (offset_ms + total_ms) // fx.duration_ms + 1
+    ulaw = (fx.data * reps)[offset_ms * 8:(offset_ms + total_ms) * 8]
+    turns = []
+    for r in range(reps):
+        for t in fx.turns:
+            g = GtTurn(t.start_ms, t.end_ms, t.segments[-1].start_ms,
+                       tuple((float(a), float(b)) for a, b in t.pause_spans())
+                       ).shifted(r * fx.duration_ms - offset_ms)
+            if g.start_ms >= 0 and g.end_ms + 1500 <= total_ms:
+                turns.append(g)
+    from tests.audio_fixtures import mulaw_to_pcm16
+
+    return CallAudio(f"{fx.name}@{offset_ms / 1000:.1f}s", mulaw_to_pcm16(ulaw), tuple(turns))
+
+
+@dataclass
+class CallResult:
+    name: str
+    score: Score = field(default_factory=Score)
+    queued: int = 0
+    reached: int = 0
+    late: int = 0
+    lateness: list[float] = field(default_factory=list)  # s, per frame reaching run_stt
+    errors: int = 0
+    stats: dict[str, int] = field(default_factory=dict)
+    fallbacks: list[tuple[float, str]] = field(default_factory=list)  # (stream s, reason)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able form (a worker process hands its results back this way)."""
+        return {
+            "name": self.name, "queued": self.queued, "reached": self.reached,
+            "late": self.late, "lateness": [round(x, 4) for x in self.lateness],
+            "errors": self.errors, "stats": self.stats, "fallbacks": self.fallbacks,
+            "spurious": self.score.spurious_starts,
+            "turns": [[t.turn.start_ms, t.turn.end_ms, t.turn.last_segment_start_ms,
+                       [list(p) for p in t.turn.pauses], t.onset_ms, t.candidate_ms,
+                       t.end_ms, t.cuts] for t in self.score.turns],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> CallResult:
+        score = Score(spurious_starts=d["spurious"])
+        for start, end, last, pauses, onset, cand, end_lat, cuts in d["turns"]:
+            turn = GtTurn(start, end, last, tuple((a, b) for a, b in pauses))
+            score.turns.append(TurnScore(turn, onset, cand, end_lat, cuts))
+        return cls(d["name"], score, d["queued"], d["reached"], d["late"], d["lateness"],
+                   d["errors"], d["stats"], [(a, b) for a, b in d["fallbacks"]])
+
+
+class Call:
+    """One simulated call: a pipeline with the service, fed in real time from ``t0``."""
+
+    def __init__(self, audio: CallAudio, url: str) -> None:
+        from reson8_voice.pipecat import Reson8TurnsSTTService
+        from tests.pipeline_harness import Harness
+
+        self.audio = audio
+        self.stt = Reson8TurnsSTTService(url=url)
+        self.harness = Harness([self.stt], sample_rate=RATE)
+        self.connected = asyncio.Event()
+        self.arrivals: list[float] = []
+        self.fallbacks: list[tuple[float, str]] = []
+        self.t0 = 0.0
+
+        @self.stt.event_handler("on_connected")
+        async def _on_connected(_: Any) -> None:
+            self.connected.set()
+
+        @self.stt.event_handler("on_fallback_started")
+        async def _on_fallback(_: Any, reason: str) -> None:
+            self.fallbacks.append((time.monotonic() - self.t0, reason))
+
+        original = self.stt.run_stt
+        arrivals = self.arrivals
+
+        async def run_stt(audio: bytes) -> Any:  # when each frame reaches the service
+            arrivals.append(time.monotonic())
+            async for frame in original(audio):
+                yield frame
+
+        self.stt.run_stt = run_stt  # type: ignore[method-assign]
+
+    async def start(self) -> None:
+        await self.harness.__aenter__()
+        await asyncio.wait_for(self.connected.wait(), 30)
+
+    async def feed(self, t0: float) -> int:
+        """Queue every 20 ms frame at ``t0 + (i + 1) * 20 ms``; returns frames queued."""
+        from pipecat.frames.frames import InputAudioRawFrame
+
+        self.t0 = t0
+        frames = frames_of(self.audio.pcm16, RATE * 20 // 1000 * 2)
+        for i, frame in enumerate(frames):
+            delay = t0 + (i + 1) * 0.02 - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await self.harness.send(InputAudioRawFrame(frame, RATE, 1))
+        return len(frames)
+
+    async def finish(self, queued: int) -> CallResult:
+        from pipecat.frames.frames import (
+            ErrorFrame,
+            InterimTranscriptionFrame,
+            ProposedUserStartedSpeakingFrame,
+            ProposedUserStoppedSpeakingFrame,
+        )
+
+        await self.harness.stop()
+        res = CallResult(self.audio.name, queued=queued, reached=len(self.arrivals),
+                         stats=dict(self.stt.stats), fallbacks=list(self.fallbacks))
+        res.lateness = [t - (self.t0 + (i + 1) * 0.02) for i, t in enumerate(self.arrivals)]
+        res.late = sum(1 for x in res.lateness if x > LATE_S)
+        starts, cands, ends = [], [], []
+        for t, frame in self.harness.recorder.frames:
+            ms = (t - self.t0) * 1000
+            if isinstance(frame, ProposedUserStartedSpeakingFrame):
+                starts.append(ms)
+            elif isinstance(frame, InterimTranscriptionFrame):
+                cands.append(ms)
+            elif isinstance(frame, ProposedUserStoppedSpeakingFrame):
+                ends.append(ms)
+            elif isinstance(frame, ErrorFrame):
+                res.errors += 1
+        res.score = score_turns(self.audio.turns, starts=starts, candidates=cands, ends=ends)
+        return res
+
+
+async def _calls_here(url: str, indices: Sequence[int], total: int, duration_s: float,
+                      sample_s: float, go: Any) -> tuple[list[CallResult], list[Sample], int]:
+    """Run the calls ``indices`` in this process; ``go()`` returns the monotonic start."""
+    calls = [Call(call_audio(i, duration_s), url) for i in indices]
+    await asyncio.gather(*(c.start() for c in calls))
+    t0 = await go()
+    sampler = ProcSampler({"calls": "self"}, sample_s)
+    sampler.start()
+    # calls start spread over one frame period so their sends interleave
+    fed = await asyncio.gather(*(c.feed(t0 + 0.02 * i / total)
+                                 for i, c in zip(indices, calls, strict=True)),
+                               return_exceptions=True)
+    await asyncio.sleep(2.0)  # the last turn's events
+    await sampler.stop()
+    results, failures = [], 0
+    for c, q in zip(calls, fed, strict=True):
+        if isinstance(q, BaseException):
+            failures += 1
+            q = 0
+        try:
+            results.append(await c.finish(q))
+        except Exception:
+            failures += 1
+    return results, sampler.samples["calls"], failures
+
+
+async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample_s: float,
+                    procs: int = 1) -> tuple[list[CallResult], dict[str, list[Sample]], int]:
+    """N calls at once for ``duration_s``, in this process or spread over ``procs`` worker
+    processes; returns the results, /proc samples ("calls" summed over the processes,
+    "server") and the number of calls that failed."""
+    server = ProcSampler({"server": server_pid}, sample_s)
+    if procs <= 1:
+        async def go() -> float:
+            server.start()
+            return time.monotonic() + 0.5
+
+        results, calls_samples, failures = await _calls_here(url, range(n), n, duration_s,
+                                                             sample_s, go)
+        await server.stop()
+        return results, {"calls": calls_samples, "server": server.samples["server"]}, failures
+    workers = []
+    for k in range(procs):
+        indices = ",".join(str(i) for i in range(k, n, procs))
+        workers.append(await asyncio.create_subprocess_exec(
+            sys.executable, _THIS, "--worker", url, "--indices", indices, "--total", str(n),
+            "--duration", str(duration_s), "--sample", str(sample_s), cwd=str(REPO),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    try:
+        for w in workers:
+            assert w.stdout is not None
+            line = await asyncio.wait_for(w.stdout.readline(), 120)
+            if not line.startswith(b"READY"):
+                raise RuntimeError(f"load worker failed to start: {line[:200]!r}")
+        server.start()
+        go_at = time.time() + 0.5
+        for w in workers:
+            assert w.stdin is not None
+            w.stdin.write(f"GO {go_at!r}\n".encode())
+            await w.stdin.drain()
+        outputs = []
+        for w in workers:
+            assert w.stdout is not None
+            line = await asyncio.wait_for(w.stdout.readline(), duration_s + 120)
+            outputs.append(json.loads(line))
+            await w.wait()
+    finally:
+        await server.stop()
+        for w in workers:
+            if w.returncode is None:
+                w.kill()
+                await w.wait()
+    results = [CallResult.from_json(d) for out in outputs for d in out["results"]]
+    failures = sum(out["failures"] for out in outputs)
+    per_proc = [[Sample(*x) for x in out["samples"]] for out in outputs]
+    length = min(len(p) for p in per_proc)
+    summed = [Sample(per_proc[0][i].t, sum(p[i].rss_mb for p in per_proc),
+                     sum(p[i].cpu_pct for p in per_proc)) for i in range(length)]
+    return results, {"calls": summed, "server": server.samples["server"]}, failures
+
+
+async def worker_main(url: str, indices: list[int], total: int, duration_s: float,
+                      sample_s: float) -> None:
+    """A load worker process: set up, print READY, wait for "GO <epoch>", run, print JSON."""
+    loop = asyncio.get_running_loop()
+
+    async def go() -> float:
+        print("READY", flush=True)
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        epoch = float(line.split()[1])
+        return time.monotonic() + (epoch - time.time())
+
+    results, samples, failures = await _calls_here(url, indices, total, duration_s, sample_s,
+                                                   go)
+    print(json.dumps({"results": [r.to_json() for r in results], "failures": failures,
+                      "samples": [[x.t, x.rss_mb, x.cpu_pct] for x in samples]}), flush=True)
+
+
+def _lat_cells(values_ms: list[float]) -> list[str]:
+    return [fmt_s(med(values_ms) / 1000), fmt_s(max(values_ms) / 1000 if values_ms else None)]
+
+
+def print_calls(results: list[CallResult], limit: int) -> None:
+    rows = []
+    for i, r in enumerate(results[:limit]):
+        s = r.score
+        rows.append([f"{i:>2} {r.name}", str(len(s.turns)),
+                     *_lat_cells(s.values("onset_ms")), *_lat_cells(s.values("candidate_ms")),
+                     *_lat_cells(s.values("end_ms")),
+                     str(s.missing("end_ms")), f"{r.late}/{r.queued}",
+                     str(r.queued - r.reached + r.stats.get("dropped_bytes", 0) // 160),
+                     str(r.stats.get("fallbacks", 0)), str(r.errors)])
+    more = f" (first {limit} of {len(results)})" if len(results) > limit else ""
+    table(["call", "turns", "start med", "max", "cand med", "max", "end med", "max",
+           "unended", "late", "dropped", "fallbacks", "errors"], rows,
+          f"Per call{more}: latencies in s from ground-truth speech onset/end")
+    for i, r in enumerate(results):
+        for at, reason in r.fallbacks:
+            print(f"  call {i} ({r.name}): fallback at {at:.1f} s of the call: {reason}")
+    if any(r.fallbacks for r in results):
+        print()
+
+
+def print_samples(samples: dict[str, list[Sample]], warm_s: float, procs: int
+                  ) -> dict[str, float]:
+    """The /proc time series (at most ~12 rows) and each process's RSS growth after warm-up."""
+    calls, server = samples["calls"], samples["server"]
+    step = max(1, len(calls) // 12)
+    rows = [[f"{a.t:.0f}", f"{a.cpu_pct:.0f}%", f"{a.rss_mb:.0f}", f"{b.cpu_pct:.0f}%",
+             f"{b.rss_mb:.0f}"] for a, b in list(zip(calls, server, strict=False))[::step]]
+    who = "calls (this process)" if procs <= 1 else f"calls ({procs} processes, summed)"
+    table(["t (s)", "calls CPU", "calls RSS MB", "server CPU", "server RSS MB"], rows,
+          f"CPU (% of one core) and RSS over time; {who}")
+    if calls and max(s.cpu_pct for s in calls) >= 85 * max(1, procs):
+        print("note: the calls process(es) reached a full core: a Python process uses one, so"
+              " the load generator itself is the bottleneck (try --procs)\n")
+    growth = {}
+    for name, series in samples.items():
+        warm = [s for s in series if s.t >= warm_s]
+        if len(warm) >= 2:
+            growth[name] = (warm[-1].rss_mb - warm[0].rss_mb) / warm[0].rss_mb
+    return growth
+
+
+def totals(results: list[CallResult]) -> tuple[Score, int, int, int, int, int, list[float]]:
+    score = Score()
+    late = queued = dropped = fallbacks = errors = 0
+    lateness: list[float] = []
+    for r in results:
+        score.extend(r.score)
+        late += r.late
+        queued += r.queued
+        dropped += r.queued - r.reached + r.stats.get("dropped_bytes", 0) // 160
+        fallbacks += r.stats.get("fallbacks", 0)
+        errors += r.errors
+        lateness.extend(r.lateness)
+    return score, late, queued, dropped, fallbacks, errors, lateness
+
+
+async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int) -> None:
+    async with ServerProcess(scripted=True) as server:
+        print(f"scripted server (subprocess pid {server.pid}) at {server.url}; "
+              f"{calls} calls x {duration_s:g} s in {procs} process(es)")
+        t0 = time.monotonic()
+        results, samples, failures = await run_calls(
+            server.url, calls, duration_s, server.pid, 5.0 if duration_s > 60 else 2.0, procs)
+        wall = time.monotonic() - t0
+    print_calls(results, per_call)
+    warm_s = min(60.0, max(10.0, duration_s * 0.2))
+    growth = print_samples(samples, warm_s, procs)
+    score, late, queued, dropped, fallbacks, errors, lateness = totals(results)
+    table(["all calls", "n", "median", "p90", "max", "missing"], [
+        summary_row("speech onset -> turn start", score.values("onset_ms"),
+                    score.missing("onset_ms")),
+        summary_row("speech end -> candidate", score.values("candidate_ms"),
+                    score.missing("candidate_ms")),
+        summary_row("speech end -> end of turn", score.values("end_ms"),
+                    score.missing("end_ms")),
+    ], f"Turn latencies over {len(score.turns)} turns of {len(results)} calls "
+       f"(scripted recognizer: turns end at the silence ceiling)")
+    problems = errors + failures + fallbacks
+    table(["", "value", "target", ""], [
+        ["calls x duration", f"{len(results)} x {duration_s:g} s",
+         f"{TARGET_CALLS} x {TARGET_SOAK_S} s",
+         verdict(min(len(results) / TARGET_CALLS, duration_s / TARGET_SOAK_S), 1.0,
+                 higher_is_better=True)],
+        ["errors + failed calls + fallbacks", f"{errors} + {failures} + {fallbacks}", "0",
+         verdict(problems, 0)],
+        ["frames late (> 20 ms)", f"{late}/{queued}", "0", verdict(late, 0)],
+        ["frame lateness p99 / max (ms)",
+         f"{pct(lateness, 0.99) * 1000:.1f} / {max(lateness, default=0) * 1000:.1f}", "", ""],
+        ["frames dropped", str(dropped), "0", verdict(dropped, 0)],
+        ["turns never ended", str(score.missing("end_ms")), "0",
+         verdict(score.missing("end_ms"), 0)],
+        [f"RSS growth after {warm_s:.0f} s, calls process",
+         f"{growth.get('calls', float('nan')) * 100:+.1f}%", "within 10 %",
+         verdict(abs(growth.get("calls", float("nan"))), TARGET_MEM_GROWTH)],
+        [f"RSS growth after {warm_s:.0f} s, server",
+         f"{growth.get('server', float('nan')) * 100:+.1f}%", "within 10 %",
+         verdict(abs(growth.get("server", float("nan"))), TARGET_MEM_GROWTH)],
+        ["wall time of the run", f"{wall:.0f} s", "", ""],
+    ], "Scripted soak (transport + turn logic)")
+
+
+async def real_mode(ladder: list[int], trial_s: float, budget_s: float, per_call: int,
+                    procs: int) -> None:
+    rows: list[list[str]] = []
+    best = 0
+    knee: int | None = None
+    async with ServerProcess() as server:
+        print(f"real server (subprocess pid {server.pid}) at {server.url}; ladder "
+              f"{ladder}, {trial_s:g} s per trial")
+        t_start = time.monotonic()
+        last: list[CallResult] = []
+        for n in ladder:
+            results, samples, failures = await run_calls(server.url, n, trial_s, server.pid,
+                                                         2.0, procs)
+            last = results
+            score, late, queued, dropped, fallbacks, errors, _ = totals(results)
+            cands = score.values("candidate_ms")
+            p90_c = p90(cands + [float("inf")] * score.missing("candidate_ms")) / 1000
+            cpu = [s.cpu_pct for s in samples["server"]]
+            ok = p90_c <= TARGET_CAND_P90_S
+            rows.append([str(n), str(len(score.turns)), fmt_s(med(cands) / 1000),
+                         fmt_s(p90_c), fmt_s(p90(score.values("end_ms")) / 1000),
+                         str(score.missing("candidate_ms")), f"{late}/{queued}", str(dropped),
+                         str(fallbacks), str(errors + failures),
+                         f"{med(cpu):.0f}%" if cpu else "-", "ok" if ok else "over"])
+            if not ok:
+                knee = n
+                break
+            best = n
+            if time.monotonic() - t_start > budget_s:
+                rows.append(["(stopped: time budget)"] + [""] * 11)
+                break
+    table(["calls", "turns", "cand med", "cand p90", "end p90", "no cand", "late", "dropped",
+           "fallbacks", "errors", "server CPU", "p90<=1s"], rows,
+          "Real recognizer: latencies in s from speech end to the frame at the pipeline end")
+    if last:
+        print_calls(last, per_call)
+    table(["", "value", ""], [
+        ["largest N with candidate p90 <= 1 s", str(best), ""],
+        ["knee (first N over 1 s)", str(knee) if knee else f"> {best} (not reached)", ""],
+    ], "Real recognizer capacity through the service")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the load benchmark and print its tables; returns 0 (targets are reported, not
+    asserted)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--scripted", action="store_true", help="only the scripted soak")
+    mode.add_argument("--real", action="store_true", help="only the real-recognizer knee")
+    parser.add_argument("--quick", action="store_true", help="10 calls x 15 s; N in {2, 4}")
+    parser.add_argument("--calls", type=int, default=None, help="scripted calls (default 50)")
+    parser.add_argument("--duration", type=float, default=None,
+                        help="scripted soak seconds (default 60; 600 is the full target)")
+    parser.add_argument("--per-call", type=int, default=12,
+                        help="how many calls to list individually")
+    parser.add_argument("--procs", type=int, default=1,
+                        help="spread the calls over this many worker processes (default 1)")
+    parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--indices", help=argparse.SUPPRESS)
+    parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--sample", type=float, default=2.0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    quiet_logs("ERROR")
+    if args.worker:
+        indices = [int(i) for i in args.indices.split(",") if i]
+        asyncio.run(worker_main(args.worker, indices, args.total, args.duration, args.sample))
+        return 0
+    t0 = time.monotonic()
+    print(f"reson8-voice load benchmark ({'quick' if args.quick else 'full'}); "
+          f"{machine_line()}")
+    print()
+    calls = args.calls or (10 if args.quick else TARGET_CALLS)
+    duration = args.duration or (15.0 if args.quick else 60.0)
+    if not args.real:
+        asyncio.run(scripted_mode(calls, duration, args.per_call, args.procs))
+    if not args.scripted:
+        ladder = [2, 4] if args.quick else [2, 4, 8, 12, 16, 24]
+        asyncio.run(real_mode(ladder, 12.0 if args.quick else 25.0,
+                              budget_s=15 if args.quick else 120, per_call=args.per_call,
+                              procs=args.procs))
+    print(f"done in {time.monotonic() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
