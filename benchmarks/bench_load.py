@@ -265,7 +265,7 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
         workers.append(await asyncio.create_subprocess_exec(
             sys.executable, _THIS, "--worker", url, "--indices", indices, "--total", str(n),
             "--duration", str(duration_s), "--sample", str(sample_s), cwd=str(REPO),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=1 << 26))
     try:
         for w in workers:
             assert w.stdout is not None
@@ -278,12 +278,17 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
             assert w.stdin is not None
             w.stdin.write(f"GO {go_at!r}\n".encode())
             await w.stdin.drain()
-        outputs = []
-        for w in workers:
+
+        async def result(w: asyncio.subprocess.Process) -> Any:
             assert w.stdout is not None
-            line = await asyncio.wait_for(w.stdout.readline(), duration_s + 120)
-            outputs.append(json.loads(line))
+            line = await w.stdout.readline()
             await w.wait()
+            if not line:
+                raise RuntimeError(f"load worker exited with {w.returncode}")
+            return json.loads(line)
+
+        outputs = await asyncio.wait_for(asyncio.gather(*(result(w) for w in workers)),
+                                         duration_s + 120)
     finally:
         await server.stop()
         for w in workers:

@@ -187,6 +187,13 @@ class TurnArbiter:
             self._replay_deadline = now + 2 * self.watchdog_s
         return self._maybe_hand_back(now)
 
+    def connection_paused(self, now: float) -> list[Decision]:
+        """A planned reconnect between turns (new settings): no fallback, no turn change."""
+        self.connected = False
+        self._deadline = None
+        self.server.reset()
+        return []
+
     def connection_lost(self, now: float, reason: str) -> list[Decision]:
         """The session ended (drop, rejection, watchdog). Closes or hands over its turn."""
         self.connected = False

@@ -226,3 +226,38 @@ async def test_eager_reply_is_cancelled_by_continuation_and_final_is_whole_turn(
     [message] = context.get_messages()
     assert message["content"] == candidates[-1]  # type: ignore[index]
     assert len(candidates[-1]) > len(candidates[0])  # the final is the whole turn
+
+
+async def test_settings_change_reconnects_only_once_the_turn_is_over(
+    scripted_server: Reson8Server,
+) -> None:
+    from pipecat.frames.frames import STTUpdateSettingsFrame
+
+    from reson8_voice.pipecat import Reson8TurnsSTTSettings
+
+    fx = load_fixture("call_delivery")
+    first = fx.turns[0]
+    stt = Reson8TurnsSTTService(url=scripted_server.url)
+    connected = watch(stt, "on_connected")
+    log: list[str] = []
+
+    @stt.event_handler("on_connected")
+    async def _on_connected(service: Any) -> None:
+        log.append("connected")
+
+    @stt.event_handler("on_turn_end")
+    async def _on_end(service: Any, turn: Any) -> None:
+        log.append("turn_end")
+
+    async with Harness([stt]) as h:
+        await asyncio.wait_for(connected.wait(), 10)
+        pcm = fx.pcm16()
+        mid = (first.start_ms + 1500) * 16
+        await h.feed(pcm[:mid], speed=4.0)
+        await h.wait_for(lambda h: bool(h.of_type(ProposedUserStartedSpeakingFrame)), 10)
+        await h.send(STTUpdateSettingsFrame(delta=Reson8TurnsSTTSettings(language="en")))
+        await h.feed(pcm[mid:(fx.turns[1].end_ms + 1500) * 16], speed=4.0)
+        await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) == 2, 20)
+    # the new connection came after the turn that was open at the change had ended
+    assert log[:3] == ["connected", "turn_end", "connected"], log
+    assert stt.stats["fallbacks"] == 0 and not stt.in_fallback

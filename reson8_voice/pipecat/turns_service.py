@@ -229,6 +229,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._healthy = asyncio.Event()
         self._stopping = False
         self._reconnect_requested = False
+        self._planned_close = False
         self._encoder: g711.G711Encoder | None = None
         self._encoding = "pcm_s16le"
         self._backlog: AudioBacklog | None = None
@@ -366,6 +367,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         if (self._reconnect_requested and self._conn is not None
                 and not self.arbiter.turn_open and not self.arbiter.server.in_turn):
             self._reconnect_requested = False
+            self._planned_close = True
             logger.info("reson8: reconnecting to apply new settings")
             await self._close_quietly(self._conn)
 
@@ -475,7 +477,10 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
             self._conn = None
         await self._close_quietly(conn)
         await self._call_event_handler("on_disconnected")
-        if not self._stopping:
+        if self._planned_close:
+            self._planned_close = False
+            await self._apply(self.arbiter.connection_paused(time.monotonic()))
+        elif not self._stopping:
             await self._lost(reason)
 
     async def _replay(self) -> None:

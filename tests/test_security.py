@@ -1,0 +1,180 @@
+"""Secrets never leak, hostile input never crashes the parsers (property-based)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from loguru import logger
+from pipecat.frames.frames import ProposedUserStoppedSpeakingFrame
+
+from reson8_voice import (
+    ApiKey,
+    InvalidRequest,
+    RealtimeParams,
+    RemoteProtocolError,
+    Reson8Error,
+    Secret,
+    TurnsParams,
+    Unauthorized,
+    connect_turns,
+    g711,
+    parse_event,
+    serialize_event,
+)
+from reson8_voice.pipecat import Reson8TurnsSTTService
+from reson8_voice.server import Reson8Server, ServerConfig
+from reson8_voice.vad import VoiceActivityDetector
+
+from .audio_fixtures import load_fixture
+from .conftest import scripted_runner
+from .pipeline_harness import Harness
+
+KEY = "r8_live_TOPSECRET_9f8e7d6c5b4a"
+WRONG = "r8_live_WRONGSECRET_0a1b2c3d"
+
+
+async def test_no_credential_in_any_log_line_error_or_repr() -> None:
+    """A full call with the right key, and one with a wrong key: every log line searched."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="TRACE")
+    try:
+        async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)),
+                                scripted_runner()) as server:
+            fx = load_fixture("short_answers")
+            stt = Reson8TurnsSTTService(api_key=KEY, url=server.url)
+            async with Harness([stt]) as h:
+                await h.feed(fx.pcm16(), speed=8.0)
+                await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
+                                 == len(fx.turns), 20)
+            texts = [repr(stt), str(stt.url), repr(stt._credentials)]
+            bad = Reson8TurnsSTTService(api_key=WRONG, url=server.url, rejected_retry_s=60)
+            rejected = asyncio.Event()
+
+            @bad.event_handler("on_connection_error")
+            async def _on_error(service: Any, message: str) -> None:
+                texts.append(message)
+                rejected.set()
+
+            async with Harness([bad]):
+                await asyncio.wait_for(rejected.wait(), 10)
+            with pytest.raises(Unauthorized) as info:
+                await connect_turns(server.url, credentials=ApiKey.of(WRONG))
+            texts += [str(info.value), repr(info.value)]
+    finally:
+        logger.remove(sink)
+    blob = "\n".join(lines + texts)
+    assert "Authorization" not in blob or "ApiKey r8" not in blob
+    for secret in (KEY, WRONG, KEY[8:], WRONG[8:]):
+        assert secret not in blob
+    assert len(lines) > 20  # the run was really logged
+
+
+def test_plain_ws_to_a_remote_host_refuses_to_send_a_key() -> None:
+    async def attempt() -> None:
+        await connect_turns("ws://reson8.example.com", credentials=ApiKey.of(KEY))
+
+    with pytest.raises(InvalidRequest) as info:
+        asyncio.run(attempt())
+    assert info.value.parameter == "url" and KEY not in str(info.value)
+
+
+@given(st.text(max_size=300) | st.binary(max_size=300).map(lambda b: b.decode("latin-1")))
+@settings(max_examples=300, deadline=None)
+def test_parse_event_any_text_is_typed_error_or_event(text: str) -> None:
+    try:
+        event = parse_event(text)
+    except RemoteProtocolError:
+        return
+    json.loads(serialize_event(event))  # whatever parsed serializes back
+
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+                    | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4)
+                    | st.dictionaries(st.text(max_size=10), inner, max_size=4), max_leaves=20)
+
+
+@given(st.sampled_from(["turn_start", "turn_end_candidate", "turn_continuation", "turn_end",
+                        "transcript", "flush_request", "flush_confirmation", "error", "x"]),
+       st.dictionaries(st.sampled_from(["text", "words", "start_ms", "duration_ms", "id",
+                                        "is_final", "language", "code", "message"]), JSON))
+@settings(max_examples=400, deadline=None)
+def test_parse_event_any_json_object(kind: str, fields: dict[str, Any]) -> None:
+    try:
+        event = parse_event(json.dumps({"type": kind, **fields}))
+    except RemoteProtocolError:
+        return
+    assert parse_event(serialize_event(event)) == event or kind == "x"
+
+
+@given(st.lists(st.tuples(st.sampled_from(
+    ["encoding", "sample_rate", "channels", "language", "custom_model_id", "include_words",
+     "include_timestamps", "include_language", "include_interim", "patterns", "zzz"]),
+    st.text(max_size=12)), max_size=6))
+@settings(max_examples=300, deadline=None)
+def test_params_from_any_query(pairs: list[tuple[str, str]]) -> None:
+    for cls in (TurnsParams, RealtimeParams):
+        try:
+            params = cls.from_query(pairs)
+        except InvalidRequest as exc:
+            assert exc.parameter
+            continue
+        assert cls.from_query(params.to_query()) == params
+
+
+@given(st.binary(max_size=2000), st.sampled_from(["mulaw", "alaw"]))
+@settings(max_examples=200, deadline=None)
+def test_g711_any_bytes(data: bytes, law: str) -> None:
+    try:
+        pcm = g711.decode(law, data)  # type: ignore[arg-type]
+        g711.encode(law, pcm)  # type: ignore[arg-type]
+        g711.encode(law, data)  # type: ignore[arg-type]
+    except Reson8Error:
+        assert len(data) % 2 == 1
+
+
+@given(st.binary(max_size=5000), st.sampled_from([8000, 16000]),
+       st.sampled_from(["pcm_s16le", "mulaw", "alaw"]))
+@settings(max_examples=150, deadline=None)
+def test_vad_any_bytes(data: bytes, rate: int, encoding: str) -> None:
+    vad = VoiceActivityDetector(sample_rate=rate, encoding=encoding)  # type: ignore[arg-type]
+    for i in range(0, len(data), 333):
+        vad.process(data[i:i + 333])
+    vad.flush()
+
+
+async def test_wss_verifies_certificates_by_default(tmp_path: Any) -> None:
+    import shutil
+    import ssl
+    import subprocess
+
+    from websockets.asyncio.server import serve
+
+    from reson8_voice import ConnectionClosed
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+
+    async def handler(ws: Any) -> None:
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_ctx) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        url = f"wss://127.0.0.1:{port}"
+        with pytest.raises(ConnectionClosed) as info:  # self-signed: refused by default
+            await connect_turns(url, credentials=ApiKey.of(KEY))
+        assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) and KEY not in str(info.value)
+        trusting = ssl.create_default_context(cafile=str(cert))
+        conn = await connect_turns(url, credentials=ApiKey.of(KEY), ssl_context=trusting)
+        await conn.close()

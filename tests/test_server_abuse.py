@@ -1,0 +1,110 @@
+"""The embedded server under hostile input keeps serving well-behaved clients.
+
+Random bytes and random JSON inside sessions, oversized frames, hundreds of connection
+attempts with bad keys and half-finished handshakes, all at once, while a good client runs
+a real session whose turn events must still arrive in time. (benchmarks/bench_abuse.py
+runs the 10,000-attempt version and reports latency and memory.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import resource
+import time
+
+from websockets.asyncio.client import connect as raw_connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from reson8_voice import ApiKey, Secret, TurnEnd, TurnsParams, connect_turns
+from reson8_voice.server import Reson8Server, ServerConfig
+
+from .audio_fixtures import load_fixture
+from .conftest import scripted_runner
+
+KEY = "r8_abuse_test_key_123456"
+TURNS = "/v1/speech-to-text/turns?encoding=mulaw&sample_rate=8000"
+
+
+async def _bad_keys(url: str, n: int) -> int:
+    refused = 0
+    for i in range(n):
+        try:
+            async with raw_connect(url + TURNS, additional_headers={
+                    "Authorization": f"ApiKey wrong{i}"}, open_timeout=5):
+                pass
+        except InvalidStatus as exc:
+            refused += exc.response.status_code == 401
+    return refused
+
+
+async def _half_handshakes(port: int, n: int) -> list[asyncio.StreamWriter]:
+    writers = []
+    for _ in range(n):
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /v1/speech-to-text/turns HTTP/1.1\r\nHost: x\r\nUpgrade: web")
+        writers.append(writer)
+    return writers
+
+
+async def _garbage_sessions(url: str, n: int, rng: random.Random) -> int:
+    survived = 0
+    for _ in range(n):
+        try:
+            async with raw_connect(url + TURNS, additional_headers={
+                    "Authorization": f"ApiKey {KEY}"}, max_size=None) as ws:
+                await ws.send(rng.randbytes(rng.randint(1, 4000)))
+                await ws.send(json.dumps({"type": rng.choice(["flush_request", "x", 5]),
+                                          "id": rng.random()}))
+                await ws.send("{not json" * rng.randint(1, 50))
+                if rng.random() < 0.3:
+                    await ws.send(b"\x00" * ((1 << 20) + 1))  # oversized
+                survived += 1
+        except ConnectionClosed:
+            survived += 1  # closed by the server, cleanly: fine
+    return survived
+
+
+async def test_well_behaved_client_is_served_during_abuse() -> None:
+    rng = random.Random(1)
+    fx = load_fixture("short_answers")
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)),
+                            scripted_runner()) as server:
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        half = await _half_handshakes(server.port, 50)
+        abuse = asyncio.gather(_bad_keys(server.url, 300),
+                               _garbage_sessions(server.url, 40, rng))
+        # the good client: a real session, real time, while the abuse runs
+        started = time.monotonic()
+        latencies = []
+        conn = await connect_turns(server.url, TurnsParams(encoding="mulaw", sample_rate=8000),
+                                   ApiKey.of(KEY))
+        async with conn:
+            ends = 0
+
+            async def read() -> None:
+                nonlocal ends
+                async for event in conn:
+                    if isinstance(event, TurnEnd):
+                        ends += 1
+                        turn = fx.turns[ends - 1]
+                        latencies.append(time.monotonic() - started - turn.end_ms / 1000)
+                        if ends == len(fx.turns):
+                            return
+
+            reader = asyncio.create_task(read())
+            for i, chunk in enumerate(fx.chunks(20)):
+                await conn.send_audio(chunk)
+                await asyncio.sleep(max(0.0, started + (i + 1) * 0.02 - time.monotonic()))
+            await asyncio.wait_for(reader, 15)
+        refused, survived = await asyncio.wait_for(abuse, 120)
+        for w in half:
+            w.close()
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert refused == 300 and survived == 40
+    assert ends == len(fx.turns)
+    # turn_end comes ~0.8 s after speech ends; abuse may add a little, never seconds
+    assert max(latencies) < 2.0, latencies
+    assert rss_after - rss_before < 200_000  # KiB: memory stayed bounded
+
