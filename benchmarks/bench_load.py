@@ -32,7 +32,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -250,6 +252,7 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
     processes; returns the results, /proc samples ("calls" summed over the processes,
     "server") and the number of calls that failed."""
     server = ProcSampler({"server": server_pid}, sample_s)
+    procs = min(procs, n)
     if procs <= 1:
         async def go() -> float:
             server.start()
@@ -394,6 +397,9 @@ async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int
     warm_s = min(60.0, max(10.0, duration_s * 0.2))
     growth = print_samples(samples, warm_s, procs)
     score, late, queued, dropped, fallbacks, errors, lateness = totals(results)
+    busy = [x.cpu_pct for x in samples["calls"] if x.t <= duration_s]
+    per_frame_us = (statistics.fmean(busy) * 1e4 / (len(results) * 50)) if busy and results \
+        else float("nan")
     table(["all calls", "n", "median", "p90", "max", "missing"], [
         summary_row("speech onset -> turn start", score.values("onset_ms"),
                     score.missing("onset_ms")),
@@ -415,6 +421,7 @@ async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int
         ["frame lateness p99 / max (ms)",
          f"{pct(lateness, 0.99) * 1000:.1f} / {max(lateness, default=0) * 1000:.1f}", "", ""],
         ["frames dropped", str(dropped), "0", verdict(dropped, 0)],
+        ["client CPU per call-frame (pipeline + service)", f"{per_frame_us:.0f} us", "", ""],
         ["turns never ended", str(score.missing("end_ms")), "0",
          verdict(score.missing("end_ms"), 0)],
         [f"RSS growth after {warm_s:.0f} s, calls process",
@@ -482,8 +489,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="scripted soak seconds (default 60; 600 is the full target)")
     parser.add_argument("--per-call", type=int, default=12,
                         help="how many calls to list individually")
-    parser.add_argument("--procs", type=int, default=1,
-                        help="spread the calls over this many worker processes (default 1)")
+    parser.add_argument("--procs", type=int, default=0,
+                        help="spread the calls over this many worker processes (default: one "
+                        "per CPU, at most 4; 1 = all calls in this process)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
@@ -499,14 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{machine_line()}")
     print()
     calls = args.calls or (10 if args.quick else TARGET_CALLS)
+    procs = args.procs or min(4, os.cpu_count() or 1)
     duration = args.duration or (15.0 if args.quick else 60.0)
     if not args.real:
-        asyncio.run(scripted_mode(calls, duration, args.per_call, args.procs))
+        asyncio.run(scripted_mode(calls, duration, args.per_call, min(procs, calls)))
     if not args.scripted:
         ladder = [2, 4] if args.quick else [2, 4, 8, 12, 16, 24]
         asyncio.run(real_mode(ladder, 12.0 if args.quick else 25.0,
                               budget_s=15 if args.quick else 120, per_call=args.per_call,
-                              procs=args.procs))
+                              procs=procs))
     print(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 

