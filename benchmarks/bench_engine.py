@@ -79,9 +79,11 @@ from _common import (
     verdict,
 )
 
-FULL_FIXTURES = ("call_restaurant", "call_support", "call_delivery", "demo_call", "long_turn",
-                 "short_answers", "noise_only")
-QUICK_FIXTURES = ("call_restaurant", "short_answers")
+FULL_FIXTURES: tuple[tuple[str, int | None], ...] = (
+    ("call_restaurant", None), ("call_support", None), ("call_delivery", None),
+    ("demo_call", None), ("long_turn", None), ("short_answers", None), ("noise_only", None))
+QUICK_FIXTURES: tuple[tuple[str, int | None], ...] = (("call_restaurant", 3),
+                                                      ("short_answers", None))
 
 #: every gap after a turn is stretched to this (see :func:`_common.spread_clip`)
 MIN_GAP_MS = 4000
@@ -279,7 +281,8 @@ class PipecatStack:
 # --------------------------------------------------------------------------------------
 
 
-def latency_part(fixtures: Sequence[str]) -> None:
+def latency_part(fixtures: Sequence[tuple[str, int | None]]) -> None:
+    """Both stacks on each (fixture, first n turns or all), gaps stretched."""
     from reson8_voice.engine.models import LocalModels
 
     t0 = time.perf_counter()
@@ -295,8 +298,8 @@ def latency_part(fixtures: Sequence[str]) -> None:
     jobs: dict[str, list[float]] = {}
     per_fixture: list[list[str]] = []
     noise_starts = [0, 0]
-    for name in fixtures:
-        clip = spread_clip(name, MIN_GAP_MS)
+    for name, max_turns in fixtures:
+        clip = spread_clip(name, MIN_GAP_MS, max_turns)
         t0 = time.perf_counter()
         r = run_reson8(models, clip)
         t_ours = time.perf_counter() - t0
@@ -315,7 +318,7 @@ def latency_part(fixtures: Sequence[str]) -> None:
             noise_starts[0] += len(r.starts)
             noise_starts[1] += len(p.starts)
         per_fixture.append([
-            name, str(len(clip.turns)),
+            clip.name, str(len(clip.turns)),
             fmt_s(med([v / 1000 for v in so.values("end_ms")])),
             fmt_s(med([v / 1000 for v in sp.values("end_ms")])),
             f"{so.cuts}/{so.pauses}", f"{sp.cuts}/{sp.pauses}",
@@ -357,7 +360,8 @@ def latency_part(fixtures: Sequence[str]) -> None:
         ["turns never ended (merged)", str(ours.missing("end_ms")),
          str(theirs.missing("end_ms")), "-", "0", verdict(ours.missing("end_ms"), 0)],
         ["starts on noise_only", str(noise_starts[0]), str(noise_starts[1]), "-", "0",
-         verdict(noise_starts[0], 0) if "noise_only" in fixtures else "n/a"],
+         verdict(noise_starts[0], 0) if any(n == "noise_only" for n, _ in fixtures)
+         else "n/a"],
     ]
     table(["", "reson8", "pipecat", "ratio r/p", "target", ""], targets,
           "Targets (reson8; pipecat is the baseline measured in this run)")
@@ -497,7 +501,7 @@ async def server_part(quick: bool, max_sessions: int, budget_s: float,
                       spread_s: float) -> None:
     if quick:
         talk = fixture_clip("call_restaurant", 0, 8000, tail_ms=1500)
-        ladder, mem_k = [2, 8], 6
+        ladder, mem_k = [2, 8], 4
     else:
         talk = fixture_clip("call_restaurant", 0, 15000, tail_ms=2000)
         ladder, mem_k = [2, 4, 8, 12, 16, 20, 24, 32], 16
@@ -523,7 +527,7 @@ async def server_part(quick: bool, max_sessions: int, budget_s: float,
             if not ok:
                 break
             best = n
-            if time.monotonic() - t_start > budget_s:
+            if n != ladder[-1] and time.monotonic() - t_start > budget_s:
                 rows.append(["(stopped: time budget)"] + [""] * 10)
                 break
     table(["N", "talking", "turns", "cand med", "cand p90", "end p90", "missing",

@@ -462,7 +462,7 @@ async def real_mode(ladder: list[int], trial_s: float, budget_s: float, per_call
                 knee = n
                 break
             best = n
-            if time.monotonic() - t_start > budget_s:
+            if n != ladder[-1] and time.monotonic() - t_start > budget_s:
                 rows.append(["(stopped: time budget)"] + [""] * 11)
                 break
     table(["calls", "turns", "cand med", "cand p90", "end p90", "no cand", "late", "dropped",

@@ -304,3 +304,46 @@ async def test_non_loopback_bind_without_key_is_refused_by_the_cli() -> None:
     assert proc.returncode == 3
     assert b"without an API key" in err
 
+
+
+@pytest.mark.parametrize(("fmt", "codec"), [("flac", "flac"), ("ogg", "libopus"),
+                                            ("webm", "libopus")])
+async def test_auto_encoding_decodes_streamed_containers(
+    server: Reson8Server, fmt: str, codec: str
+) -> None:
+    """OGG/FLAC/WebM streamed with encoding=auto are decoded as they arrive (PyAV)."""
+    import io
+
+    import av
+    import numpy as np
+
+    fx = load_fixture("short_answers")
+    rate = 48000 if codec == "libopus" else 16000
+    samples = np.frombuffer(fx.pcm16(), dtype=np.int16)
+    samples = np.repeat(samples, rate // 8000)  # crude upsampling is fine for the VAD test
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono")
+        for i in range(0, len(samples), rate // 50):
+            frame = av.AudioFrame.from_ndarray(samples[None, i:i + rate // 50], format="s16",
+                                               layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = buf.getvalue()
+    async with await connect_turns(server.url, TurnsParams()) as conn:  # encoding=auto
+        sender = asyncio.create_task(_send_all(conn, (data[i:i + 2000]
+                                                      for i in range(0, len(data), 2000))))
+        ends = 0
+
+        def until(event: Any) -> bool:
+            nonlocal ends
+            ends += isinstance(event, TurnEnd)
+            return ends == len(fx.turns) - 1  # the last needs trailing audio to end
+
+        events = await _collect(conn, until)
+        await sender
+    assert isinstance(events[0], TurnStart)
+    assert sum(isinstance(e, TurnStart) for e in events) >= len(fx.turns) - 1

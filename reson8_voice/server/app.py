@@ -31,6 +31,7 @@ from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.exceptions import ConnectionClosedOK
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
@@ -301,11 +302,38 @@ class Reson8Server:
 
     async def _session(self, ws: ServerConnection, params: TurnsParams | RealtimeParams) -> None:
         audio = AudioInput(params.encoding, params.sample_rate, params.channels)
+        try:
+            await self._session_audio(ws, params, audio)
+        finally:
+            audio.close()  # stops a container decoder's thread
+
+    async def _session_audio(self, ws: ServerConnection, params: TurnsParams | RealtimeParams,
+                             audio: AudioInput) -> None:
         engine: TurnEngine | TranscriptEngine | None = None
         if params.encoding != "auto":
             engine = self._engine(params, audio.output_rate)
         limit = self.config.max_message_bytes
-        async for message in ws:
+        while True:
+            try:
+                if audio.decoding_in_background:
+                    # a container decoder delivers audio between messages too: poll it
+                    message = await asyncio.wait_for(ws.recv(), 0.05)
+                else:
+                    message = await ws.recv()
+            except TimeoutError:
+                try:
+                    pcm = audio.feed(b"")
+                except UnsupportedAudio as exc:
+                    await self._fail(ws, exc.code, str(exc), 1003)
+                    return
+                if pcm:
+                    if engine is None:
+                        engine = self._engine(params, audio.output_rate)
+                    engine.feed(pcm)
+                    await self._drive(ws, engine)
+                continue
+            except ConnectionClosedOK:
+                return
             if len(message) > limit:
                 await self._fail(ws, "MESSAGE_TOO_LARGE",
                                  f"messages are limited to {limit} bytes", 1009)
@@ -331,6 +359,7 @@ class Reson8Server:
                     if engine is None:
                         engine = self._engine(params, audio.output_rate)
                     assert isinstance(engine, TranscriptEngine)
+                    engine.feed(audio.feed(b""))  # what a container decoder has ready
                     engine.flush(event.id)
                 else:
                     logger.warning(f"reson8 server: ignored client message {event.type!r}")

@@ -4,9 +4,10 @@ The server accepts what spec 001 lists: ``pcm_s16le``, ``mulaw`` and ``alaw`` at
 ``sample_rate`` and ``channels``, and ``auto``, which reads a container header (spec 003).
 WAV is parsed here, including the indefinite-length streaming WAV the guide describes (a
 data size of 0xFFFFFFFF or 0: read until the stream ends). OGG, FLAC and WebM are
-recognised by their magic bytes and refused with a clear message (streaming decode of them
-is not built yet). Raw audio with ``encoding=auto`` is refused with a clear error rather
-than transcribed as noise.
+recognised by their magic bytes and decoded as they stream in by PyAV
+(:mod:`.container`), or refused with a clear message where PyAV is not installed. Raw
+audio with ``encoding=auto`` is refused with a clear error rather than transcribed as
+noise.
 
 Output is mono s16le at 8 kHz (8 kHz input: the VAD's native rate, no resampling) or
 16 kHz (everything else, resampled with soxr). Frames may split samples anywhere: bytes
@@ -22,6 +23,7 @@ import soxr
 
 from .. import g711
 from ..errors import AudioFormatError
+from .container import ContainerDecoder, pyav_available
 
 __all__ = ["AudioInput", "UnsupportedAudio"]
 
@@ -49,8 +51,14 @@ class AudioInput:
         self._header_done = encoding != "auto"
         self._resampler: soxr.ResampleStream | None = None
         self._remaining: int | None = None  # bytes of WAV data left, None = unbounded
+        self._container: ContainerDecoder | None = None
         if self._header_done:
             self._configure(encoding, sample_rate, channels)
+
+    @property
+    def decoding_in_background(self) -> bool:
+        """Whether a container decoder may have audio ready between messages."""
+        return self._container is not None
 
     @property
     def output_rate(self) -> int:
@@ -66,10 +74,15 @@ class AudioInput:
 
     def feed(self, data: bytes) -> bytes:
         """Decode one message; returns engine PCM (possibly empty)."""
+        if self._container is not None:
+            return self._from_container(data)
         self._pending += data
         if not self._header_done:
             if not self._parse_header():
                 return b""
+            if self._container is not None:
+                data, self._pending = bytes(self._pending), bytearray()
+                return self._from_container(data)
         if self._remaining is not None:
             if self._remaining <= 0:
                 self._pending.clear()
@@ -84,6 +97,23 @@ class AudioInput:
         if self._remaining is not None:
             self._remaining -= usable
         return self._convert(chunk)
+
+    def _from_container(self, data: bytes) -> bytes:
+        assert self._container is not None
+        try:
+            return self._container.feed(data)
+        except ValueError as exc:
+            raise UnsupportedAudio(str(exc), code="INVALID_AUDIO") from None
+
+    def close(self) -> bytes:
+        """End of the session: stop a container decoder; returns its last audio."""
+        if self._container is None:
+            return b""
+        container, self._container = self._container, None
+        try:
+            return container.close()
+        except ValueError:
+            return b""
 
     def flush(self) -> bytes:
         """End of stream: whatever the resampler still holds."""
@@ -117,9 +147,14 @@ class AudioInput:
             return self._parse_wav()
         if head[:4] == b"OggS" or head[:4] == b"fLaC" or head[:4] == b"\x1a\x45\xdf\xa3":
             kind = {b"OggS": "OGG", b"fLaC": "FLAC"}.get(head[:4], "WebM")
-            raise UnsupportedAudio(
-                f"{kind} audio is recognised but not decoded by this server; send WAV or "
-                "raw audio with encoding=pcm_s16le|mulaw|alaw")
+            if not pyav_available():
+                raise UnsupportedAudio(
+                    f"{kind} audio needs PyAV on the server (pip install av); send WAV or "
+                    "raw audio with encoding=pcm_s16le|mulaw|alaw")
+            self._container = ContainerDecoder(kind)
+            self._configure("pcm_s16le", 16000, 1)
+            self._header_done = True
+            return True
         raise _raw_audio_error()
 
     def _parse_wav(self) -> bool:
