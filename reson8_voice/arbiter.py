@@ -227,8 +227,9 @@ class TurnArbiter:
             out.append(self._start("local"))
         return out
 
-    def local_speech_stopped(self, now: float) -> list[Decision]:
-        """The local VAD heard the speech end."""
+    def local_speech_stopped(self, now: float, speech_s: float | None = None) -> list[Decision]:
+        """The local VAD heard the speech end; ``speech_s``: how long the speech lasted
+        (without the VAD's stop hangover), if known."""
         self.local_speaking = False
         self._paused_in_turn = self.turn_open
         out: list[Decision] = []
@@ -242,7 +243,8 @@ class TurnArbiter:
             self._deadline = (now + self.watchdog_s, owed)
         elif self._server_heard_at >= self._local_started:
             pass  # the server already answered for this speech (its turn may be over)
-        elif now - self._local_started >= self.min_server_speech_s:
+        elif (speech_s if speech_s is not None else now - self._local_started) \
+                >= self.min_server_speech_s:
             # speech the server must have heard, yet no turn_start: it owes one
             self._deadline = (now + self.watchdog_s, "turn_start")
         elif self.turn_open:

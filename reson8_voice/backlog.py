@@ -58,13 +58,17 @@ class AudioBacklog:
         return dropped
 
     def since(self, position: int) -> bytes:
-        """The audio from ``position`` (or the oldest kept, if later) to the end."""
+        """The audio from ``position`` (or the oldest kept, if later) to the end.
+
+        Walks back from the newest chunk, so the common case (the last chunk or two, sent
+        as it arrives) costs the same however much the backlog holds.
+        """
         parts = []
-        for pos, chunk in self._chunks:
-            end = pos + len(chunk)
-            if end <= position:
-                continue
+        for pos, chunk in reversed(self._chunks):
+            if pos + len(chunk) <= position:
+                break
             parts.append(chunk[max(0, position - pos):])
+        parts.reverse()
         return b"".join(parts)
 
     def discard_before(self, position: int) -> None:

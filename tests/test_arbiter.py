@@ -219,3 +219,12 @@ def test_every_start_gets_exactly_one_stop_under_random_sequences() -> None:
         depth -= sum(isinstance(d, ProposeStop) for d in out)
         assert depth == 0
 
+
+
+def test_short_speech_with_a_long_vad_hangover_is_a_false_start_not_a_dead_server() -> None:
+    a = connected(watchdog_s=2.0, barge_in="first")
+    assert kinds(a.local_speech_started(1.0)) == ["ProposeStart"]
+    # the VAD reports the stop 800 ms after 150 ms of speech: 0.95 s later, 0.15 s of speech
+    assert a.local_speech_stopped(1.95, speech_s=0.15) == []
+    assert kinds(a.check(1.95 + a.false_start_s)) == ["ProposeStop"]
+    assert a.check(10) == []  # and no watchdog: the server rightly ignored a blip

@@ -110,6 +110,9 @@ class EngineConfig:
     """
 
     vad_frame_ms: int = 20
+    #: ``webrtc`` (webrtcvad, ~3 us a frame) or ``silero`` (pipecat's Silero model, ~50x
+    #: the cost, steadier on noise); both gated by the energy floor and modulation below
+    vad: str = "webrtc"
     vad_aggressiveness: int = 2
     #: frames quieter than this (dBFS RMS) are never speech: line noise stays silent
     energy_floor_dbfs: float = -50.0
@@ -145,6 +148,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.vad_frame_ms not in (10, 20, 30):
             raise InvalidRequest("vad_frame_ms", "must be 10, 20 or 30")
+        if self.vad not in ("webrtc", "silero"):
+            raise InvalidRequest("vad", "must be webrtc or silero")
         if not 0 <= self.vad_aggressiveness <= 3:
             raise InvalidRequest("vad_aggressiveness", "must be 0..3")
         last = 0
@@ -154,6 +159,29 @@ class EngineConfig:
             last = silence
         if self.max_silence_ms < max(self.candidate_silence_ms, last):
             raise InvalidRequest("max_silence_ms", "must not precede the last checkpoint")
+
+
+class _SileroFrames:
+    """pipecat's Silero VAD on 20 ms frames: each frame is judged on the model's window
+    ending with it (the model takes 32 ms windows at 8/16 kHz)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        if sample_rate not in (8000, 16000):
+            raise AudioFormatError("the Silero VAD takes 8 or 16 kHz audio")
+        from pipecat.audio.vad.silero import SileroVADAnalyzer
+
+        self._analyzer = SileroVADAnalyzer(sample_rate=sample_rate)
+        self._analyzer.set_sample_rate(sample_rate)
+        self._window = self._analyzer.num_frames_required() * 2
+        self._buffer = bytearray()
+
+    def is_speech(self, frame: bytes) -> bool:
+        self._buffer += frame
+        if len(self._buffer) < self._window:
+            return False
+        del self._buffer[: len(self._buffer) - self._window]
+        confidence = np.asarray(self._analyzer.voice_confidence(bytes(self._buffer)))
+        return float(confidence.reshape(-1)[0]) >= 0.5
 
 
 def _runs(voiced: bool, voiced_run: int, unvoiced_run: int, step: int) -> tuple[int, int]:
@@ -177,6 +205,8 @@ class _Engine:
         self.config = config
         self.sample_rate = sample_rate
         self._vad = webrtcvad.Vad(config.vad_aggressiveness)
+        self._silero: _SileroFrames | None = (
+            _SileroFrames(sample_rate) if config.vad == "silero" else None)
         self._frame_bytes = sample_rate * config.vad_frame_ms // 1000 * 2
         self._inbox = bytearray()
         self._marks: deque[tuple[int, Any]] = deque()  # (byte offset in stream, marker)
@@ -184,6 +214,7 @@ class _Engine:
         self._ended = False
         self._out: deque[Event] = deque()
         self._awaiting: Job | None = None
+        self._job_handed_out = False
         self._reply: Any = None
         self._gen = self._logic()
         self._levels: deque[float] = deque(maxlen=max(2, config.modulation_window_ms
@@ -208,9 +239,12 @@ class _Engine:
     def next(self) -> Event | Job | None:
         """The next event to send, a job to run, or None when more audio is needed."""
         while True:
-            if self._out:
+            if self._out:  # events decided before a job go out before it
                 return self._out.popleft()
             if self._awaiting is not None:
+                if not self._job_handed_out:
+                    self._job_handed_out = True
+                    return self._awaiting
                 return None
             if self._finished:
                 return None
@@ -226,7 +260,7 @@ class _Engine:
                     continue
                 return None
             self._awaiting = item
-            return item
+            self._job_handed_out = False
 
     def resolve(self, job: Job, result: Any) -> None:
         """Hand back the result of ``job`` (a recognition or a probability)."""
@@ -257,6 +291,8 @@ class _Engine:
 
     def _frames(self) -> Generator[None, Any, tuple[bytes, bool] | None]:
         """Wait for the next frame; None at the end of the stream or at a due flush."""
+        if self._out:
+            yield None  # hand out what the last frame decided before reading another
         while len(self._inbox) < self._frame_bytes or self._mark_due():
             if self._ended or self._mark_due():
                 return None
@@ -269,9 +305,10 @@ class _Engine:
         self._levels.append(level)
         self._history.append(level)
         floor = float(np.percentile(np.fromiter(self._history, float), 5))
+        speech = (self._silero.is_speech(frame) if self._silero is not None
+                  else self._vad.is_speech(frame, self.sample_rate))
         voiced = (level >= self.config.energy_floor_dbfs
-                  and level >= floor + self.config.snr_db
-                  and self._vad.is_speech(frame, self.sample_rate))
+                  and level >= floor + self.config.snr_db and speech)
         return frame, voiced
 
     def _modulated(self, run_ms: int) -> bool:
@@ -361,7 +398,8 @@ class TurnEngine(_Engine):
                         pre_roll.clear()
                 continue
             # a candidate is pending
-            if voiced_run >= cfg.resume_ms and self._modulated(voiced_run):
+            # resuming inside a turn: the jump out of the pause counts as modulation too
+            if voiced_run >= cfg.resume_ms and self._modulated(cfg.modulation_window_ms):
                 speaking = True
                 turn.segment_start = len(turn.audio) - self._ms_to_bytes(voiced_run + 200)
                 turn.speech_end_ms = now

@@ -237,6 +237,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._anchor = 0  # replay from here if the connection dies
         self._warned_drop = False
         self._last_stop_at = 0.0
+        self._speech_started_ms = 0
         self._last_speech_pos = -1  # backlog position of the last audio the VAD called speech
         self._vad: VoiceActivityDetector | None = None
         self._vad_resampler: soxr.ResampleStream | None = None
@@ -397,9 +398,11 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
             self._last_speech_pos = self._backlog.position
         for event in events:
             if isinstance(event, SpeechStarted):
+                self._speech_started_ms = event.at_ms
                 await self._apply(self.arbiter.local_speech_started(now))
             elif isinstance(event, SpeechStopped):
-                await self._apply(self.arbiter.local_speech_stopped(now))
+                speech_s = max(0.0, (event.at_ms - self._speech_started_ms) / 1000)
+                await self._apply(self.arbiter.local_speech_stopped(now, speech_s))
         yield None
 
     async def _pump(self) -> None:
