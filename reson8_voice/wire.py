@@ -17,6 +17,11 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._fields import FieldError as _FieldError
+from ._fields import opt_bool as _opt_bool
+from ._fields import opt_num as _opt_num
+from ._fields import opt_str as _opt_str
+from ._fields import req_str as _str
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import (
     ErrorEvent,
@@ -37,40 +42,6 @@ __all__ = ["event_to_dict", "parse_event", "serialize_event"]
 _TURN_START = TurnStart()
 _TURN_CONTINUATION = TurnContinuation()
 _TURN_END = TurnEnd()
-
-
-class _FieldError(Exception):
-    pass
-
-
-def _str(obj: Mapping[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        raise _FieldError(f"field {name!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
-    value = obj.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise _FieldError(f"field {name!r} must be a string or null, got {type(value).__name__}")
-
-
-def _opt_num(obj: Mapping[str, Any], name: str) -> float | None:
-    value = obj.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _FieldError(f"field {name!r} must be a number, got {type(value).__name__}")
-    return value
-
-
-def _opt_bool(obj: Mapping[str, Any], name: str) -> bool | None:
-    value = obj.get(name)
-    if value is None or isinstance(value, bool):
-        return value
-    raise _FieldError(f"field {name!r} must be a boolean, got {type(value).__name__}")
 
 
 def _words(obj: Mapping[str, Any]) -> tuple[Word, ...] | None:

@@ -10,7 +10,7 @@ import pytest
 import reson8_voice
 
 CORE = ["errors", "events", "wire", "turns", "params", "auth", "g711", "vad", "arbiter",
-        "backlog", "dialects.gateway", "dialects.scribe"]
+        "backlog", "_fields", "dialects.gateway", "dialects.scribe"]
 FORBIDDEN = ("asyncio", "websockets", "pipecat")
 
 

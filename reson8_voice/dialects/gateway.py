@@ -28,6 +28,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
+from .._fields import FieldError as _FieldError
+from .._fields import opt_bool as _opt_bool
+from .._fields import opt_int as _opt_int
+from .._fields import opt_num as _opt_num
+from .._fields import opt_str as _opt_str
+from .._fields import req_str as _str
 from ..errors import InvalidRequest, LocalProtocolError, RemoteProtocolError, ServiceError
 from ..events import UnknownEvent
 from ..params import RealtimeParams
@@ -72,49 +78,6 @@ WORLD_PARTS: tuple[str, ...] = ("eu",)
 _CONFIG_FIELDS = ("encoding", "sample_rate", "channels", "enable_partials", "language",
                   "custom_model_id", "include_timestamps", "include_words",
                   "include_confidence")
-
-
-class _FieldError(Exception):
-    pass
-
-
-def _str(obj: Mapping[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        raise _FieldError(f"field {name!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
-    value = obj.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise _FieldError(f"field {name!r} must be a string or null, got {type(value).__name__}")
-
-
-def _opt_num(obj: Mapping[str, Any], name: str) -> float | None:
-    value = obj.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _FieldError(f"field {name!r} must be a number, got {type(value).__name__}")
-    return value
-
-
-def _opt_int(obj: Mapping[str, Any], name: str) -> int | None:
-    value = obj.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _FieldError(f"field {name!r} must be an integer, got {type(value).__name__}")
-    return value
-
-
-def _opt_bool(obj: Mapping[str, Any], name: str) -> bool | None:
-    value = obj.get(name)
-    if value is None or isinstance(value, bool):
-        return value
-    raise _FieldError(f"field {name!r} must be a boolean, got {type(value).__name__}")
 
 
 # -- errors --------------------------------------------------------------------------------

@@ -32,6 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeAlias
 from urllib.parse import parse_qsl, urlencode
 
+from .._fields import FieldError as _FieldError
+from .._fields import opt_num as _opt_num
+from .._fields import opt_str as _opt_str
+from .._fields import req_str as _str
 from ..errors import InvalidRequest, LocalProtocolError, RemoteProtocolError, ServiceError
 from ..events import UnknownEvent
 
@@ -92,33 +96,6 @@ CommitStrategy: TypeAlias = Literal["manual", "vad"]
 _MAX_KEYTERMS, _MAX_KEYTERM_CHARS = 50, 20
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-
-
-class _FieldError(Exception):
-    pass
-
-
-def _str(obj: Mapping[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if not isinstance(value, str):
-        raise _FieldError(f"field {name!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], name: str) -> str | None:
-    value = obj.get(name)
-    if value is None or isinstance(value, str):
-        return value
-    raise _FieldError(f"field {name!r} must be a string or null, got {type(value).__name__}")
-
-
-def _opt_num(obj: Mapping[str, Any], name: str) -> float | None:
-    value = obj.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _FieldError(f"field {name!r} must be a number, got {type(value).__name__}")
-    return value
 
 
 # -- errors --------------------------------------------------------------------------------
