@@ -261,3 +261,32 @@ async def test_settings_change_reconnects_only_once_the_turn_is_over(
     # the new connection came after the turn that was open at the change had ended
     assert log[:3] == ["connected", "turn_end", "connected"], log
     assert stt.stats["fallbacks"] == 0 and not stt.in_fallback
+
+
+async def test_local_fallback_transcripts_arrive_during_the_outage_and_only_once() -> None:
+    """With fallback_transcripts="local" the embedded engine transcribes in-process."""
+    from reson8_voice.server import ServerConfig
+
+    from .conftest import scripted_runner
+
+    fx = load_fixture("call_delivery")
+    port = _free_port()
+    stt = Reson8TurnsSTTService(url=f"ws://127.0.0.1:{port}", reconnect_delay_s=(0.05, 0.2),
+                                fallback_transcripts="local", local_run_job=scripted_runner())
+    came_back = watch(stt, "on_fallback_ended")
+    pcm = fx.pcm16()
+    split = (fx.turns[1].end_ms + 1200) * 16
+    async with Harness([stt]) as h:
+        await h.feed(pcm[:split], speed=4.0)
+        # no server anywhere, yet both turns have their text
+        await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) == 2, 15)
+        async with Reson8Server(ServerConfig(port=port), scripted_runner()):
+            await asyncio.wait_for(came_back.wait(), 15)
+            await h.feed(pcm[split:], speed=4.0)
+            await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) >= len(fx.turns), 30)
+            await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
+                             == len(fx.turns), 10)
+            await h.stop()
+    # the replay started after the locally transcribed turns: nothing transcribed twice
+    assert len(h.of_type(TranscriptionFrame)) == len(fx.turns)
+    assert len(h.of_type(ProposedUserStartedSpeakingFrame)) == len(fx.turns)

@@ -25,7 +25,8 @@ import asyncio
 import os
 import random
 import time
-from collections.abc import AsyncGenerator
+from collections import deque
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -71,6 +72,7 @@ from ..arbiter import (
 from ..auth import ApiKey, BearerToken, Credentials
 from ..backlog import AudioBacklog
 from ..client import Reson8Connection, connect_turns
+from ..engine.turn_engine import Job
 from ..errors import (
     BadRequest,
     ConnectionClosed,
@@ -81,7 +83,9 @@ from ..errors import (
 )
 from ..events import ErrorEvent, TurnContinuation, TurnEnd, TurnEndCandidate, TurnStart
 from ..params import HOSTED_URL, TurnsParams
+from ..turns import CompletedTurn
 from ..vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
+from ._local_transcriber import LocalTranscriber
 
 __all__ = ["DEFAULT_LOCAL_URL", "Reson8TurnsSTTService", "Reson8TurnsSTTSettings"]
 
@@ -163,6 +167,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         vad_start_ms: int = 100,
         vad_stop_ms: int = 800,
         allow_insecure: bool = False,
+        fallback_transcripts: Literal["replay", "local"] = "replay",
+        local_run_job: Callable[[Job], Any] | None = None,
         settings: Reson8TurnsSTTSettings | None = None,
         **kwargs: Any,
     ) -> None:
@@ -192,6 +198,12 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
             vad_stop_ms: silence that ends speech locally: the end-of-utterance delay in
                 fallback (800 ms rides over mid-turn pauses; the server is faster).
             allow_insecure: permit credentials over plain ``ws://`` to a remote host.
+            fallback_transcripts: where an outage's transcripts come from: ``replay`` (the
+                service transcribes the buffered audio once it is back) or ``local`` (the
+                embedded engine transcribes it in-process at once: needs the ``local``
+                extra; the replay then starts after the last locally finished turn).
+            local_run_job: the engine's job runner for ``local`` (default: the bundled
+                Whisper tiny.en and smart-turn v3, loaded when the first outage begins).
             settings: runtime-updatable settings (language, custom model, include_*).
             **kwargs: passed to pipecat's ``STTService``.
         """
@@ -220,6 +232,10 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._rejected_retry_s = rejected_retry_s
         self._vad_args = (vad_aggressiveness, vad_start_ms, vad_stop_ms)
         self._allow_insecure = allow_insecure
+        self._fallback_transcripts = fallback_transcripts
+        self._local_run_job = local_run_job
+        self._local: LocalTranscriber | None = None
+        self._local_base = 0  # backlog position where the local engine's audio begins
         self.arbiter = TurnArbiter(barge_in=barge_in, eager=enable_eager_end_of_turn,
                                    watchdog_s=watchdog_s)
         self._conn: Reson8Connection[TurnsParams] | None = None
@@ -238,7 +254,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._warned_drop = False
         self._last_stop_at = 0.0
         self._speech_started_ms = 0
-        self._last_speech_pos = -1  # backlog position of the last audio the VAD called speech
+        #: local speech (start, end) in backlog positions, for the replay's bookkeeping
+        self._speech_spans: deque[tuple[int, int]] = deque(maxlen=64)
         self._vad: VoiceActivityDetector | None = None
         self._vad_resampler: soxr.ResampleStream | None = None
         self._language: Language | str | None = None
@@ -346,6 +363,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._watchdog_task = self._connection_task = None
         if conn is not None:
             await self._close_quietly(conn)
+        if self._local is not None:
+            await self._local.close()
         await self._apply(self.arbiter.close(time.monotonic()))
 
     @staticmethod
@@ -392,16 +411,18 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         if self._vad_resampler is not None:
             samples = np.frombuffer(audio, dtype=np.int16)
             pcm = np.asarray(self._vad_resampler.resample_chunk(samples), np.int16).tobytes()
+        if self._local is not None and self._local.active:
+            self._local.feed(pcm)
         now = time.monotonic()
         events = self._vad.process(pcm)
-        if events or self._vad.speaking:
-            self._last_speech_pos = self._backlog.position
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._speech_started_ms = event.at_ms
                 await self._apply(self.arbiter.local_speech_started(now))
             elif isinstance(event, SpeechStopped):
                 speech_s = max(0.0, (event.at_ms - self._speech_started_ms) / 1000)
+                self._speech_spans.append((self._ms_to_pos(self._speech_started_ms),
+                                           self._ms_to_pos(event.at_ms)))
                 await self._apply(self.arbiter.local_speech_stopped(now, speech_s))
         yield None
 
@@ -454,14 +475,16 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
     async def _run_connection(self, conn: Reson8Connection[TurnsParams]) -> None:
         assert self._backlog is not None
         self._conn = conn
+        if self._local is not None:
+            await self._local.stop()  # the server answers from here; the replay covers the rest
         now = time.monotonic()
         replay_from = max(self._anchor, self._backlog.start)
         replay = self._backlog.position - replay_from
         self._sent = replay_from
         await self._call_event_handler("on_connected")
-        heard = self._last_speech_pos >= replay_from or self.arbiter.local_speaking
         await self._apply(self.arbiter.connection_ready(
-            now, replay_pending=replay > 0, replay_has_speech=replay > 0 and heard))
+            now, replay_pending=replay > 0,
+            replay_has_speech=replay > 0 and self._speech_in(replay_from)))
         reader = asyncio.create_task(self._receive(conn))
         try:
             if replay > 0:
@@ -527,6 +550,20 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                 self.stats["unknown"] += 1
                 logger.debug(f"reson8: skipped unknown message type {event.type!r}")
 
+    def _ms_to_pos(self, ms: float) -> int:
+        """Backlog position of stream time ``ms`` (both count from the call's start)."""
+        return int(ms * self.sample_rate / 1000) * (1 if self._encoder else 2)
+
+    def _speech_in(self, start: int) -> bool:
+        """Whether the local VAD heard enough speech after ``start`` that the server, given
+        that audio, owes a turn for it (a word's tail at the edge does not count)."""
+        assert self._vad is not None
+        heard = sum(max(0, end - max(a, start)) for a, end in self._speech_spans)
+        if self._vad.speaking:
+            heard += max(0, self._ms_to_pos(self._vad.stream_ms)
+                         - max(self._ms_to_pos(self._speech_started_ms), start))
+        return heard >= self._ms_to_pos(self.arbiter.min_server_speech_s * 1000)
+
     def _move_anchor(self, event: TurnStart | TurnEndCandidate | TurnContinuation |
                      TurnEnd) -> None:
         """Where a replay would start: just before what the server has not answered for."""
@@ -541,6 +578,36 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
     async def _lost(self, reason: str) -> None:
         decisions = self.arbiter.connection_lost(time.monotonic(), reason)
         await self._apply(decisions)
+        if self.in_fallback and self._fallback_transcripts == "local":
+            await self._start_local()
+
+    async def _start_local(self) -> None:
+        if self._local is not None and self._local.active:
+            return
+        if self._local is None:
+            run_job = self._local_run_job
+            if run_job is None:
+                from ..engine.models import LocalModels
+
+                try:
+                    models = await asyncio.to_thread(LocalModels.load)
+                except ImportError as exc:  # the local extra is not installed
+                    logger.warning(f"reson8: no local transcripts ({exc}); using replay")
+                    self._fallback_transcripts = "replay"
+                    return
+                run_job = self._local_run_job = models.run
+            rate = self._vad.sample_rate if self._vad is not None else 16000
+            self._local = LocalTranscriber(run_job, rate, self._on_local_turn)
+        assert self._backlog is not None
+        self._local_base = self._backlog.position
+        self._local.start()
+
+    async def _on_local_turn(self, turn: CompletedTurn, end_ms: float) -> None:
+        """A turn the in-process engine finished during the outage: its text, at once."""
+        width = 1 if self._encoder else 2
+        self._anchor = max(self._anchor, self._local_base
+                           + int(end_ms * self.sample_rate / 1000) * width)
+        await self._apply([FinalTranscript(turn)])
 
     async def _report_rejection(self, exc: HandshakeError) -> None:
         if isinstance(exc, Unauthorized):
