@@ -137,10 +137,18 @@ class TurnArbiter:
 
     def __init__(
         self, *, barge_in: BargeInPolicy = "first", eager: bool = False,
-        watchdog_s: float = 2.0,
+        watchdog_s: float = 2.0, min_barge_in_s: float = 0.0,
     ) -> None:
-        """Create an arbiter that starts in FALLBACK until the first connection is ready."""
+        """Create an arbiter that starts in FALLBACK until the first connection is ready.
+
+        ``min_barge_in_s``: while the bot is speaking, a turn start is held until the caller
+        has spoken this long (or the server's candidate has words), so a cough or a short
+        noise does not cut the bot off; 0 proposes at once.
+        """
         self.barge_in: BargeInPolicy = barge_in
+        self.min_barge_in_s = min_barge_in_s
+        self.bot_speaking = False
+        self._held_start: tuple[float, str] | None = None
         self.eager = eager
         self.watchdog_s = watchdog_s
         self.mode = Mode.FALLBACK
@@ -224,7 +232,7 @@ class TurnArbiter:
         self._local_started = now
         out: list[Decision] = []
         if not self.turn_open and (self.mode is Mode.FALLBACK or self.barge_in != "server"):
-            out.append(self._start("local"))
+            out.extend(self._start_or_hold(now, "local"))
         return out
 
     def local_speech_stopped(self, now: float, speech_s: float | None = None) -> list[Decision]:
@@ -270,7 +278,7 @@ class TurnArbiter:
                 # a turn the server abandoned: close it with what it had said
                 out.extend(self._finish(turn))
                 if isinstance(event, TurnStart):
-                    out.extend(self._on_start())
+                    out.extend(self._on_start(now))
                 return out
         if self.mode is Mode.FALLBACK:
             if isinstance(event, TurnEndCandidate):
@@ -284,11 +292,14 @@ class TurnArbiter:
                 out.extend(self._maybe_hand_back(now))
             return out
         if isinstance(event, TurnStart):
-            out.extend(self._on_start())
+            out.extend(self._on_start(now))
         elif isinstance(event, TurnEndCandidate):
-            if not self.turn_open and self.barge_in != "local":
+            if not self.turn_open and event.text.strip():
+                out.extend(self._release_held())  # words: it was speech, not a cough
+            if not self.turn_open and self.barge_in != "local" and self._held_start is None:
                 out.append(self._start("server"))
-            out.append(Candidate(event, eager=self.eager))
+            if self.turn_open:
+                out.append(Candidate(event, eager=self.eager))
         elif isinstance(event, TurnContinuation):
             out.append(CancelEager())
         elif turn is not None:
@@ -298,6 +309,11 @@ class TurnArbiter:
     def check(self, now: float) -> list[Decision]:
         """The watchdog: call periodically (every ~100 ms) while connected."""
         out: list[Decision] = []
+        if self._held_start is not None and now >= self._held_start[0]:
+            if self.local_speaking:
+                out.extend(self._release_held())  # still talking: a real barge-in
+            else:
+                self._held_start = None  # it was short: the bot talks on
         if self.connected and self._replay_deadline is not None and now >= self._replay_deadline:
             # the new session never answered for the replayed speech: it is dead too
             self._replay_deadline = None
@@ -323,12 +339,30 @@ class TurnArbiter:
         return out
 
     # -- helpers ---------------------------------------------------------------------------
-    def _on_start(self) -> list[Decision]:
+    def _on_start(self, now: float) -> list[Decision]:
         if self.turn_open or self.barge_in == "local":
             return []
-        return [self._start("server")]
+        return self._start_or_hold(now, "server")
+
+    def _start_or_hold(self, now: float, source: str) -> list[Decision]:
+        """Propose a start, or hold it while the bot talks (the barge-in guard)."""
+        if self.bot_speaking and self.min_barge_in_s > 0:
+            if self._held_start is None:
+                since = self._local_started if self.local_speaking else now
+                self._held_start = (since + self.min_barge_in_s, source)
+            return []
+        return [self._start(source)]
+
+    def _release_held(self) -> list[Decision]:
+        if self._held_start is None or self.turn_open:
+            self._held_start = None
+            return []
+        source = self._held_start[1]
+        self._held_start = None
+        return [self._start(source)]
 
     def _finish(self, turn: CompletedTurn) -> list[Decision]:
+        self._held_start = None
         out: list[Decision] = []
         if not self.turn_open and turn.text:
             out.append(self._start("server"))  # a turn the local VAD never opened

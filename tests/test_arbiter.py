@@ -228,3 +228,40 @@ def test_short_speech_with_a_long_vad_hangover_is_a_false_start_not_a_dead_serve
     assert a.local_speech_stopped(1.95, speech_s=0.15) == []
     assert kinds(a.check(1.95 + a.false_start_s)) == ["ProposeStop"]
     assert a.check(10) == []  # and no watchdog: the server rightly ignored a blip
+
+
+def guarded() -> TurnArbiter:
+    a = connected(barge_in="first", min_barge_in_s=0.3)
+    a.bot_speaking = True
+    return a
+
+
+def test_barge_in_guard_lets_the_bot_talk_through_a_cough() -> None:
+    a = guarded()
+    assert a.local_speech_started(1.0) == []  # held while the bot talks
+    a.local_speech_stopped(1.2, speech_s=0.2)
+    assert a.check(1.3) == [] and not a.turn_open  # the cough is over: nothing proposed
+    assert a.check(5) == []
+
+
+def test_barge_in_guard_releases_real_speech() -> None:
+    a = guarded()
+    assert a.local_speech_started(1.0) == []
+    assert a.server_event(1.1, TurnStart()) == []  # held too
+    assert a.check(1.25) == []
+    assert kinds(a.check(1.3)) == ["ProposeStart"]  # still talking after 300 ms
+    a.server_event(2, TurnEndCandidate("wait a moment"))
+    assert kinds(a.server_event(2.8, TurnEnd())) == ["FinalTranscript", "ProposeStop"]
+
+
+def test_barge_in_guard_releases_on_words() -> None:
+    a = guarded()
+    a.local_speech_started(1.0)
+    assert a.server_event(1.1, TurnStart()) == []
+    out = a.server_event(1.2, TurnEndCandidate("stop"))  # words before the guard ran out
+    assert kinds(out) == ["ProposeStart", "Candidate"]
+
+
+def test_no_guard_when_the_bot_is_silent() -> None:
+    a = connected(barge_in="first", min_barge_in_s=0.3)
+    assert kinds(a.local_speech_started(1.0)) == ["ProposeStart"]

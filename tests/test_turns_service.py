@@ -290,3 +290,24 @@ async def test_local_fallback_transcripts_arrive_during_the_outage_and_only_once
     # the replay started after the locally transcribed turns: nothing transcribed twice
     assert len(h.of_type(TranscriptionFrame)) == len(fx.turns)
     assert len(h.of_type(ProposedUserStartedSpeakingFrame)) == len(fx.turns)
+
+
+async def test_barge_in_guard_holds_the_start_while_the_bot_talks(
+    scripted_server: Reson8Server,
+) -> None:
+    from pipecat.frames.frames import BotStartedSpeakingFrame
+    from pipecat.processors.frame_processor import FrameDirection
+
+    fx = load_fixture("short_answers")
+    first = fx.turns[0]
+    stt = Reson8TurnsSTTService(url=scripted_server.url, min_barge_in_ms=300)
+    connected = watch(stt, "on_connected")
+    async with Harness([stt]) as h:
+        await asyncio.wait_for(connected.wait(), 10)
+        await h.send(BotStartedSpeakingFrame(), FrameDirection.UPSTREAM)
+        await h.feed(fx.pcm16()[: (first.end_ms + 300) * 16], speed=1.0)
+        await h.wait_for(lambda h: bool(h.of_type(ProposedUserStartedSpeakingFrame)), 10)
+    [(at, _)] = [(t, f) for t, f in h.recorder.frames
+                 if isinstance(f, ProposedUserStartedSpeakingFrame)]
+    onset_s = first.start_ms / 1000
+    assert at - h.stream_t0 >= onset_s + 0.3  # held for the guard, then released

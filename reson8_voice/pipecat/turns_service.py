@@ -34,6 +34,8 @@ import numpy as np
 import soxr
 from loguru import logger
 from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
     CancelFrame,
     EndFrame,
     ErrorFrame,
@@ -45,6 +47,7 @@ from pipecat.frames.frames import (
     STTMetadataFrame,
     TranscriptionFrame,
 )
+from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
@@ -157,6 +160,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         sample_rate: int | None = None,
         telephony_encoding: Literal["mulaw", "alaw", "pcm_s16le"] = "mulaw",
         barge_in: BargeInPolicy = "first",
+        min_barge_in_ms: int = 0,
         should_interrupt: bool = True,
         enable_eager_end_of_turn: bool = False,
         watchdog_s: float = 2.0,
@@ -184,6 +188,9 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                 what the carrier sent) or ``pcm_s16le``. Other rates always send PCM.
             barge_in: ``server`` (wait for ``turn_start``), ``local`` (local VAD onset) or
                 ``first`` (whichever comes first).
+            min_barge_in_ms: while the bot is speaking, hold a turn start until the caller
+                has spoken this long, or the server's candidate has words, so a cough or a
+                click does not cut the bot off (e.g. 300); 0 proposes at once.
             should_interrupt: whether a new turn interrupts the bot (passed to the
                 recommended turn strategies).
             enable_eager_end_of_turn: answer candidates speculatively.
@@ -237,7 +244,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._local: LocalTranscriber | None = None
         self._local_base = 0  # backlog position where the local engine's audio begins
         self.arbiter = TurnArbiter(barge_in=barge_in, eager=enable_eager_end_of_turn,
-                                   watchdog_s=watchdog_s)
+                                   watchdog_s=watchdog_s, min_barge_in_s=min_barge_in_ms / 1000)
         self._conn: Reson8Connection[TurnsParams] | None = None
         self._connection_task: asyncio.Task[None] | None = None
         self._watchdog_task: asyncio.Task[None] | None = None
@@ -390,6 +397,14 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
             self._planned_close = True
             logger.info("reson8: reconnecting to apply new settings")
             await self._close_quietly(self._conn)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+        """Track whether the bot is speaking (for the barge-in guard), then as pipecat does."""
+        if isinstance(frame, BotStartedSpeakingFrame):
+            self.arbiter.bot_speaking = True
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self.arbiter.bot_speaking = False
+        await super().process_frame(frame, direction)
 
     # -- audio in ----------------------------------------------------------------------
     async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
