@@ -41,7 +41,8 @@ from .events import Event, FlushRequest
 from .params import RealtimeParams, TurnsParams, endpoint_url
 from .wire import parse_event, serialize_event
 
-__all__ = ["Reson8Connection", "connect", "connect_realtime", "connect_turns", "is_loopback"]
+__all__ = ["MessageStream", "Reson8Connection", "connect", "connect_realtime", "connect_turns",
+           "is_loopback"]
 
 #: The largest message either side accepts (the embedded server's limit too).
 MAX_MESSAGE_BYTES = 1 << 20
@@ -61,7 +62,47 @@ def is_loopback(host: str | None) -> bool:
         return False
 
 
-class Reson8Connection(Generic[P]):
+M = TypeVar("M")
+
+
+class MessageStream(Generic[M]):
+    """``recv`` and async iteration over one connection's JSON text messages.
+
+    Shared by the clients of every dialect: a subclass sets ``_ws`` and ``_peer`` and says
+    how to parse a message. ``recv`` raises :class:`RemoteProtocolError` for a malformed
+    message and the connection stays usable; iteration ends at a normal close.
+    """
+
+    _ws: ClientConnection
+    _peer: str = "the server"
+
+    def _parse(self, text: str) -> M:
+        raise NotImplementedError
+
+    async def recv(self) -> M:
+        """The next message. Raises ConnectionClosed at the end, RemoteProtocolError if bad."""
+        try:
+            message = await self._ws.recv()
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+        if isinstance(message, bytes):
+            raise RemoteProtocolError(f"unexpected binary message from {self._peer}",
+                                      message[:64])
+        return self._parse(message)
+
+    def __aiter__(self) -> MessageStream[M]:
+        return self
+
+    async def __anext__(self) -> M:
+        try:
+            return await self.recv()
+        except ConnectionClosed as exc:
+            if exc.code in (1000, 1001):
+                raise StopAsyncIteration from None
+            raise
+
+
+class Reson8Connection(MessageStream[Event], Generic[P]):
     """One open session. Iterate it for events; ``send_audio`` to stream audio.
 
     ``recv`` raises :class:`RemoteProtocolError` for a malformed message and the connection
@@ -101,26 +142,8 @@ class Reson8Connection(Generic[P]):
         """Ask the realtime server to finalise buffered audio (spec 000)."""
         await self.send_event(FlushRequest(request_id))
 
-    async def recv(self) -> Event:
-        """The next event. Raises ConnectionClosed at the end, RemoteProtocolError if bad."""
-        try:
-            message = await self._ws.recv()
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
-        if isinstance(message, bytes):
-            raise RemoteProtocolError("unexpected binary message from the server", message[:64])
-        return parse_event(message)
-
-    def __aiter__(self) -> Reson8Connection[P]:
-        return self
-
-    async def __anext__(self) -> Event:
-        try:
-            return await self.recv()
-        except ConnectionClosed as exc:
-            if exc.code in (1000, 1001):
-                raise StopAsyncIteration from None
-            raise
+    def _parse(self, text: str) -> Event:
+        return parse_event(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the session (the server flushes nothing further on the turns endpoint)."""

@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus, InvalidURI
 
 from ..auth import Secret, redact
-from ..client import MAX_MESSAGE_BYTES, _closed, _rejection, is_loopback
-from ..errors import ConnectionClosed, InvalidRequest, RemoteProtocolError
+from ..client import MAX_MESSAGE_BYTES, MessageStream, _closed, _rejection, is_loopback
+from ..errors import ConnectionClosed, InvalidRequest
 from .gateway import (
     GATEWAY_PATH,
     WORLD_PART_HEADER,
@@ -61,8 +61,10 @@ def gateway_url(base_url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
-class GatewayConnection:
+class GatewayConnection(MessageStream[GatewayMessage]):
     """One open gateway session (after ``ready``). Iterate it for server messages."""
+
+    _peer = "the gateway"
 
     def __init__(self, ws: ClientConnection, config: GatewayConfig, session_id: str,
                  url: str) -> None:
@@ -104,31 +106,8 @@ class GatewayConnection:
         """End the audio stream; the server sends what is left, then closes."""
         await self.send(GatewayClose())
 
-    async def recv(self) -> GatewayMessage:
-        """The next server message (an ``error`` is returned, not raised).
-
-        Raises:
-            ConnectionClosed: the connection ended.
-            RemoteProtocolError: a malformed message (the connection stays usable).
-        """
-        try:
-            message = await self._ws.recv()
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
-        if isinstance(message, bytes):
-            raise RemoteProtocolError("unexpected binary message from the gateway", message[:64])
-        return parse_gateway(message)
-
-    def __aiter__(self) -> GatewayConnection:
-        return self
-
-    async def __anext__(self) -> GatewayMessage:
-        try:
-            return await self.recv()
-        except ConnectionClosed as exc:
-            if exc.code in (1000, 1001):
-                raise StopAsyncIteration from None
-            raise
+    def _parse(self, text: str) -> GatewayMessage:
+        return parse_gateway(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Send ``close`` (if the socket is still open) and close the connection."""

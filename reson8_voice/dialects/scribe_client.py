@@ -26,8 +26,8 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus, InvalidURI
 
 from ..auth import Secret, redact
-from ..client import MAX_MESSAGE_BYTES, _closed, _rejection, is_loopback
-from ..errors import ConnectionClosed, InvalidRequest, RemoteProtocolError, Reson8Error
+from ..client import MAX_MESSAGE_BYTES, MessageStream, _closed, _rejection, is_loopback
+from ..errors import ConnectionClosed, InvalidRequest, Reson8Error
 from .scribe import (
     SCRIBE_PATH,
     ScribeAudioChunk,
@@ -60,8 +60,10 @@ def scribe_url(base_url: str, params: ScribeParams, token: Secret | None = None)
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(pairs), ""))
 
 
-class ScribeConnection:
+class ScribeConnection(MessageStream[ScribeMessage]):
     """One open Scribe session (after ``session_started``). Iterate it for messages."""
+
+    _peer = "Scribe"
 
     def __init__(self, ws: ClientConnection, params: ScribeParams, started: ScribeSessionStarted,
                  url: str) -> None:
@@ -103,31 +105,8 @@ class ScribeConnection:
         """Commit the segment (manual strategy): an empty chunk with ``commit: true``."""
         await self.send_audio(b"", commit=True)
 
-    async def recv(self) -> ScribeMessage:
-        """The next server message (error messages are returned, not raised).
-
-        Raises:
-            ConnectionClosed: the connection ended.
-            RemoteProtocolError: a malformed message (the connection stays usable).
-        """
-        try:
-            message = await self._ws.recv()
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
-        if isinstance(message, bytes):
-            raise RemoteProtocolError("unexpected binary message from Scribe", message[:64])
-        return parse_scribe(message)
-
-    def __aiter__(self) -> ScribeConnection:
-        return self
-
-    async def __anext__(self) -> ScribeMessage:
-        try:
-            return await self.recv()
-        except ConnectionClosed as exc:
-            if exc.code in (1000, 1001):
-                raise StopAsyncIteration from None
-            raise
+    def _parse(self, text: str) -> ScribeMessage:
+        return parse_scribe(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection."""
