@@ -251,3 +251,27 @@ async def test_user_aggregator_barge_in(speech: tuple[bytes, list[tuple[int, int
     vad = [n for n in names if n in (VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame)]
     assert vad == [VADUserStartedSpeakingFrame, VADUserStoppedSpeakingFrame] * len(truth)
     assert UserStartedSpeakingFrame in names and InterruptionFrame in names
+
+
+def test_pipeline_vad_runs_at_rates_webrtcvad_cannot() -> None:
+    """A 24 kHz pipeline is resampled to 16 kHz for webrtcvad; speech is still found."""
+    import numpy as np
+    import soxr
+
+    from reson8_voice.pipecat._pipeline_vad import PipelineVad
+    from reson8_voice.vad import SpeechStarted
+
+    from .audio_fixtures import load_fixture
+
+    fx = load_fixture("short_answers")
+    audio = soxr.resample(fx.samples(), 8000, 24000).astype(np.int16).tobytes()
+    vad = PipelineVad(24000, 2, 100, 800)
+    assert vad.sample_rate == 16000
+    starts, resampled = [], 0
+    for i in range(0, len(audio), 960):  # 20 ms at 24 kHz
+        pcm, events = vad.process(audio[i:i + 960])
+        resampled += len(pcm)
+        starts += [e.at_ms for e in events if isinstance(e, SpeechStarted)]
+    assert len(starts) == len(fx.turns)
+    assert all(abs(s - t.start_ms) < 150 for s, t in zip(starts, fx.turns, strict=True))
+    assert abs(resampled - len(audio) * 2 // 3) < 4000  # the audio the detector heard

@@ -32,8 +32,6 @@ from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
-import numpy as np
-import soxr
 from loguru import logger
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADState
 from pipecat.frames.frames import (
@@ -75,7 +73,8 @@ from ..errors import (
     Reson8Error,
     Unauthorized,
 )
-from ..vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
+from ..vad import SpeechStarted, SpeechStopped
+from ._pipeline_vad import PipelineVad
 
 __all__ = [
     "EndOfTurn",
@@ -98,7 +97,6 @@ __all__ = [
 #: Who ends an utterance: the client's finalise request (confirmed) or the server's commit.
 EndOfTurn: TypeAlias = Literal["flush", "server"]
 
-_VAD_RATES = (8000, 16000, 32000, 48000)
 _REPLAY_CHUNK_S = 0.1
 
 
@@ -497,8 +495,7 @@ class VADTurnSTTService(STTService):
         self._stop_position: int | None = None
         self._ttfb_started: float | None = None
         self._last_send = 0.0
-        self._vad: VoiceActivityDetector | None = None
-        self._vad_resampler: soxr.ResampleStream | None = None
+        self._vad: PipelineVad | None = None
         self._analyzer_speaking = False
         self._replays = 0
         #: seconds from the last turn-ending flush (or speech end) to its answer
@@ -581,13 +578,7 @@ class VADTurnSTTService(STTService):
         if self._vad_analyzer is not None:
             self._vad_analyzer.set_sample_rate(rate)
         else:
-            aggressiveness, start_ms, stop_ms = self._vad_args
-            vad_rate = rate if rate in _VAD_RATES else 16000
-            if vad_rate != rate:
-                self._vad_resampler = soxr.ResampleStream(rate, vad_rate, 1, dtype="int16")
-            self._vad = VoiceActivityDetector(sample_rate=vad_rate,
-                                              aggressiveness=aggressiveness,
-                                              start_ms=start_ms, stop_ms=stop_ms)
+            self._vad = PipelineVad(rate, *self._vad_args)
         self._stopping = False
         self._connection_task = self.create_task(self._connection_loop(), "stt-connection")
         self._watchdog_task = self.create_task(self._watchdog_loop(), "stt-watchdog")
@@ -666,11 +657,8 @@ class VADTurnSTTService(STTService):
                 await self._local_stopped(now)
             return
         assert self._vad is not None
-        pcm = audio
-        if self._vad_resampler is not None:
-            samples = np.frombuffer(audio, dtype=np.int16)
-            pcm = np.asarray(self._vad_resampler.resample_chunk(samples), np.int16).tobytes()
-        for event in self._vad.process(pcm):
+        _, events = self._vad.process(audio)
+        for event in events:
             if isinstance(event, SpeechStarted):
                 await self._local_started(now)
             elif isinstance(event, SpeechStopped):

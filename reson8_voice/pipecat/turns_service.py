@@ -30,8 +30,6 @@ from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
-import soxr
 from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
@@ -87,8 +85,9 @@ from ..errors import (
 from ..events import ErrorEvent, TurnContinuation, TurnEnd, TurnEndCandidate, TurnStart
 from ..params import HOSTED_URL, TurnsParams
 from ..turns import CompletedTurn
-from ..vad import SpeechStarted, SpeechStopped, VoiceActivityDetector
+from ..vad import SpeechStarted, SpeechStopped
 from ._local_transcriber import LocalTranscriber
+from ._pipeline_vad import PipelineVad
 
 __all__ = ["DEFAULT_LOCAL_URL", "Reson8TurnsSTTService", "Reson8TurnsSTTSettings"]
 
@@ -97,7 +96,6 @@ DEFAULT_LOCAL_URL = "ws://127.0.0.1:8765"
 
 _CONNECTION_BOUND = ("language", "custom_model_id", "include_timestamps", "include_words",
                      "include_language", "patterns")
-_VAD_RATES = (8000, 16000, 32000, 48000)
 _REPLAY_CHUNK_S = 0.1
 _TURN_START_REWIND_S = 0.6
 _MIN_TURN_GAP_S = 0.1
@@ -263,8 +261,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._speech_started_ms = 0
         #: local speech (start, end) in backlog positions, for the replay's bookkeeping
         self._speech_spans: deque[tuple[int, int]] = deque(maxlen=64)
-        self._vad: VoiceActivityDetector | None = None
-        self._vad_resampler: soxr.ResampleStream | None = None
+        self._vad: PipelineVad | None = None
         self._language: Language | str | None = None
         #: counters for operators: malformed / unknown messages, violations, fallbacks
         self.stats: dict[str, int] = {"malformed": 0, "unknown": 0, "violations": 0,
@@ -334,12 +331,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._params()  # validate before any connection is tried
         width = 1 if self._encoder else 2
         self._backlog = AudioBacklog(int(self._replay_buffer_s * rate * width))
-        aggressiveness, start_ms, stop_ms = self._vad_args
-        vad_rate = rate if rate in _VAD_RATES else 16000
-        if vad_rate != rate:
-            self._vad_resampler = soxr.ResampleStream(rate, vad_rate, 1, dtype="int16")
-        self._vad = VoiceActivityDetector(sample_rate=vad_rate, aggressiveness=aggressiveness,
-                                          start_ms=start_ms, stop_ms=stop_ms)
+        self._vad = PipelineVad(rate, *self._vad_args)
         self._stopping = False
         self._connection_task = self.create_task(self._connection_loop(), "reson8-connection")
         self._watchdog_task = self.create_task(self._watchdog_loop(), "reson8-watchdog")
@@ -422,14 +414,10 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                 self._warned_drop = True
                 logger.warning(f"reson8: outage longer than the {self._replay_buffer_s:g} s "
                                "replay buffer: the oldest audio is being dropped")
-        pcm = audio
-        if self._vad_resampler is not None:
-            samples = np.frombuffer(audio, dtype=np.int16)
-            pcm = np.asarray(self._vad_resampler.resample_chunk(samples), np.int16).tobytes()
+        pcm, events = self._vad.process(audio)
         if self._local is not None and self._local.active:
             self._local.feed(pcm)
         now = time.monotonic()
-        events = self._vad.process(pcm)
         for event in events:
             if isinstance(event, SpeechStarted):
                 self._speech_started_ms = event.at_ms
@@ -574,8 +562,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         that audio, owes a turn for it (a word's tail at the edge does not count)."""
         assert self._vad is not None
         heard = sum(max(0, end - max(a, start)) for a, end in self._speech_spans)
-        if self._vad.speaking:
-            heard += max(0, self._ms_to_pos(self._vad.stream_ms)
+        if self._vad.detector.speaking:
+            heard += max(0, self._ms_to_pos(self._vad.detector.stream_ms)
                          - max(self._ms_to_pos(self._speech_started_ms), start))
         return heard >= self._ms_to_pos(self.arbiter.min_server_speech_s * 1000)
 
