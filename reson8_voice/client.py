@@ -79,6 +79,18 @@ class MessageStream(Generic[M]):
     def _parse(self, text: str) -> M:
         raise NotImplementedError
 
+    @property
+    def websocket(self) -> ClientConnection:
+        """The underlying websockets connection (for pings, state, addresses)."""
+        return self._ws
+
+    async def _send(self, data: str | bytes) -> None:
+        """Send one message; a closed connection raises the typed ConnectionClosed."""
+        try:
+            await self._ws.send(data)
+        except WsConnectionClosed as exc:
+            raise _closed(exc) from None
+
     async def recv(self) -> M:
         """The next message. Raises ConnectionClosed at the end, RemoteProtocolError if bad."""
         try:
@@ -117,26 +129,15 @@ class Reson8Connection(MessageStream[Event], Generic[P]):
     def __repr__(self) -> str:
         return f"<Reson8Connection {self.url}>"
 
-    @property
-    def websocket(self) -> ClientConnection:
-        """The underlying websockets connection (for pings, state, addresses)."""
-        return self._ws
-
     async def send_audio(self, audio: bytes) -> None:
         """Send one binary audio frame (encoded as the connection's ``encoding`` says)."""
         if len(audio) > MAX_MESSAGE_BYTES:
             raise InvalidRequest("audio", f"a frame may hold at most {MAX_MESSAGE_BYTES} bytes")
-        try:
-            await self._ws.send(audio)
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
+        await self._send(audio)
 
     async def send_event(self, event: Event) -> None:
         """Send a client message (a :class:`FlushRequest` on the realtime endpoint)."""
-        try:
-            await self._ws.send(serialize_event(event))
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
+        await self._send(serialize_event(event))
 
     async def flush(self, request_id: str | None = None) -> None:
         """Ask the realtime server to finalise buffered audio (spec 000)."""

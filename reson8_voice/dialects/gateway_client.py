@@ -76,17 +76,9 @@ class GatewayConnection(MessageStream[GatewayMessage]):
     def __repr__(self) -> str:
         return f"<GatewayConnection {self.url} session={self.session_id}>"
 
-    @property
-    def websocket(self) -> ClientConnection:
-        """The underlying websockets connection."""
-        return self._ws
-
     async def send(self, message: GatewayClientMessage) -> None:
         """Send one client message."""
-        try:
-            await self._ws.send(serialize_gateway(message))
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
+        await self._send(serialize_gateway(message))
 
     async def send_audio(self, audio: bytes) -> None:
         """Send audio (encoded as the session's ``config.encoding``) as an ``audio`` message."""

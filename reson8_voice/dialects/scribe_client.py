@@ -77,17 +77,9 @@ class ScribeConnection(MessageStream[ScribeMessage]):
     def __repr__(self) -> str:
         return f"<ScribeConnection {self.url.split('?')[0]} session={self.session_id}>"
 
-    @property
-    def websocket(self) -> ClientConnection:
-        """The underlying websockets connection."""
-        return self._ws
-
     async def send(self, message: ScribeAudioChunk) -> None:
         """Send one client message."""
-        try:
-            await self._ws.send(serialize_scribe(message))
-        except WsConnectionClosed as exc:
-            raise _closed(exc) from None
+        await self._send(serialize_scribe(message))
 
     async def send_audio(self, audio: bytes, *, commit: bool = False,
                          previous_text: str | None = None) -> None:
