@@ -7,10 +7,33 @@ message. ``bool`` is never accepted as a number, though JSON's ``true`` decodes 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["FieldError", "opt_bool", "opt_int", "opt_num", "opt_str", "req_str"]
+from .errors import RemoteProtocolError
+
+__all__ = ["FieldError", "decode_tagged", "opt_bool", "opt_int", "opt_num", "opt_str",
+           "req_str"]
+
+
+def decode_tagged(text: str | bytes, tag: str = "type") -> tuple[dict[str, Any], str]:
+    """One JSON text frame as an object and its string ``tag`` (``type`` or the like).
+
+    Raises:
+        RemoteProtocolError: not JSON, not an object, or no string ``tag``; it quotes at
+            most 200 characters of ``text``.
+    """
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise RemoteProtocolError(f"malformed JSON ({exc.__class__.__name__})", text) from None
+    if not isinstance(obj, dict):
+        raise RemoteProtocolError("message is not a JSON object", text)
+    kind = obj.get(tag)
+    if not isinstance(kind, str):
+        raise RemoteProtocolError(f"message has no string {tag!r}", text)
+    return obj, kind
 
 
 class FieldError(Exception):

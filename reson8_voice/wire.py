@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._fields import FieldError as _FieldError
+from ._fields import decode_tagged as _decode_tagged
 from ._fields import opt_bool as _opt_bool
 from ._fields import opt_num as _opt_num
 from ._fields import opt_str as _opt_str
@@ -104,15 +105,7 @@ def parse_event(text: str | bytes) -> Event:
         RemoteProtocolError: the frame is not JSON, not an object, has no string ``type``,
             or a known field has the wrong type.
     """
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"malformed JSON ({exc.__class__.__name__})", text) from None
-    if not isinstance(obj, dict):
-        raise RemoteProtocolError("message is not a JSON object", text)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError("message has no string 'type'", text)
+    obj, kind = _decode_tagged(text)
     parser = _PARSERS.get(kind)
     if parser is None:
         return UnknownEvent(kind, obj)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
 from .._fields import FieldError as _FieldError
+from .._fields import decode_tagged as _decode_tagged
 from .._fields import opt_bool as _opt_bool
 from .._fields import opt_int as _opt_int
 from .._fields import opt_num as _opt_num
@@ -346,15 +347,7 @@ def parse_gateway(text: str | bytes) -> GatewayMessage:
         RemoteProtocolError: not a JSON object with a string ``type``, or a known field of
             the wrong type.
     """
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"malformed JSON ({exc.__class__.__name__})", text) from None
-    if not isinstance(obj, dict):
-        raise RemoteProtocolError("message is not a JSON object", text)
-    kind = obj.get("type")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError("message has no string 'type'", text)
+    obj, kind = _decode_tagged(text)
     parser = _PARSERS.get(kind)
     if parser is None:
         return UnknownEvent(kind, obj)

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal, TypeAlias
 from urllib.parse import parse_qsl, urlencode
 
 from .._fields import FieldError as _FieldError
+from .._fields import decode_tagged as _decode_tagged
 from .._fields import opt_num as _opt_num
 from .._fields import opt_str as _opt_str
 from .._fields import req_str as _str
@@ -401,15 +402,7 @@ def parse_scribe(text: str | bytes) -> ScribeMessage:
         RemoteProtocolError: not a JSON object with a string ``message_type``, or a known
             field of the wrong type.
     """
-    try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError) as exc:
-        raise RemoteProtocolError(f"malformed JSON ({exc.__class__.__name__})", text) from None
-    if not isinstance(obj, dict):
-        raise RemoteProtocolError("message is not a JSON object", text)
-    kind = obj.get("message_type")
-    if not isinstance(kind, str):
-        raise RemoteProtocolError("message has no string 'message_type'", text)
+    obj, kind = _decode_tagged(text, "message_type")
     try:
         parser = _PARSERS.get(kind)
         if parser is not None:
