@@ -49,7 +49,7 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
 
 
 def _parse_int(name: str, text: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # "²".isdigit() is True, int("²") fails
         raise InvalidRequest(name, f"must be a whole number, got {text[:40]!r}")
     return int(text)
 

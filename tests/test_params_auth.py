@@ -53,6 +53,7 @@ def test_patterns_accept_a_list() -> None:
     (RealtimeParams, "encoding=mulaw", "encoding"),
     (RealtimeParams, "encoding=alaw", "encoding"),
     (TurnsParams, "sample_rate=abc", "sample_rate"),
+    (TurnsParams, "sample_rate=%C2%B2", "sample_rate"),  # a Unicode digit that int() refuses
     (TurnsParams, "sample_rate=-8000", "sample_rate"),
     (TurnsParams, "sample_rate=7999", "sample_rate"),
     (TurnsParams, "sample_rate=96000", "sample_rate"),
