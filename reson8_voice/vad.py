@@ -12,10 +12,15 @@ WebRTC's VAD already smooths its decisions: after a voiced frame it keeps answer
 for a few more frames (its *hangover*: 60 ms after a short voiced run and 100 ms after a long
 one, at aggressiveness 2-3 with 20 ms frames). So a single voiced frame -- a click, a tap, or
 the detector's own start-up while its noise model adapts -- shows up as an 80 ms voiced run.
-The default ``start_ms`` of 100 ms sits just above that, and ``SpeechStopped.at_ms`` (the end
-of the last voiced frame) includes the hangover. Where the model is untrained -- at the stream
-start and right after digital silence -- plain noise can even pass for 100 ms of voice, so a
-voiced run starting there must last one frame longer.
+Two rules keep those from starting speech. An *onset gate*: while speech has not started, a
+voiced frame in the first 100 ms of a run counts only if it is ``onset_snr_db`` (6 dB) above
+the line's noise floor (the lower envelope of frame levels: it falls to any quieter frame at
+once and rises 20 dB/s). The hangover after a click is line noise again, at the floor, so it
+breaks the run; speech onsets on a phone line stand well above it. And ``start_ms`` (80 ms,
+four frames) must be voiced in a row. Where the model is untrained -- in the stream's first
+100 ms and right after digital silence -- plain noise can even pass for 100 ms of voice, so a
+voiced run starting there must last 120 ms. ``SpeechStopped.at_ms`` (the end of the last
+voiced frame) includes the hangover.
 
 Known limit of WebRTC's VAD: its noise model adapts over seconds, so a sudden, lasting rise
 of the noise floor by 20 dB or more reads as speech until it has adapted (3-5 s).
@@ -40,6 +45,7 @@ __all__ = [
     "DEFAULT_FRAME_MS",
     "DEFAULT_START_MS",
     "DEFAULT_STOP_MS",
+    "DEFAULT_ONSET_SNR_DB",
     "FRAME_MS",
     "SAMPLE_RATES",
     "SpeechStarted",
@@ -61,9 +67,12 @@ _ENCODINGS: Final[tuple[str, ...]] = ("pcm_s16le", "mulaw", "alaw")
 #: words apart at 8 kHz and 0-1 take a noise floor for speech.
 DEFAULT_AGGRESSIVENESS: Final = 2
 DEFAULT_FRAME_MS: Final = 20
-#: Just above the 80 ms voiced run one voiced frame plus WebRTC's hangover produces, so clicks
-#: and the detector's start-up never start speech; barge-in fires ~80-100 ms after onset.
-DEFAULT_START_MS: Final = 100
+#: Four voiced frames; with the onset gate, a click plus WebRTC's hangover never gets there,
+#: and barge-in fires ~80 ms after onset.
+DEFAULT_START_MS: Final = 80
+#: How far (dB) above the noise floor a voiced frame must be to count toward a start: a
+#: click's hangover frames sit at the floor (within ~3 dB), speech onsets well above it.
+DEFAULT_ONSET_SNR_DB: Final = 6.0
 #: Pauses between words stay inside speech; WebRTC's own 100 ms hangover comes on top.
 DEFAULT_STOP_MS: Final = 200
 
@@ -94,6 +103,13 @@ class SpeechStopped:
 
 VadEvent: TypeAlias = SpeechStarted | SpeechStopped
 
+_rms: Final = g711.pcm16_rms
+#: The noise floor tracker: the lower envelope of frame RMS outside speech, taken from the
+#: first frame, falling at once to a quieter frame, rising this fast (dB per second).
+_FLOOR_START: Final = float("inf")
+_FLOOR_RISE_DB_PER_S: Final = 20.0
+#: How long plain noise may read as voiced where WebRTC's noise model is untrained.
+_UNTRAINED_MS: Final = 100
 _Decide: TypeAlias = Callable[[g711.BytesLike, int], bool]
 
 
@@ -139,10 +155,13 @@ class VoiceActivityDetector:
         "_decide",
         "_decode",
         "_encoding",
+        "_floor",
+        "_floor_rise",
         "_frame_bytes",
         "_frame_ms",
         "_frames",
         "_last_voiced_end",
+        "_onset_ratio",
         "_pcm_frame_bytes",
         "_previous",
         "_run_needed",
@@ -155,6 +174,7 @@ class VoiceActivityDetector:
         "_start_ms",
         "_stop_frames",
         "_stop_ms",
+        "_untrained_needed",
         "_unvoiced_run",
         "_vad",
         "_voiced_run",
@@ -168,6 +188,7 @@ class VoiceActivityDetector:
         start_ms: int = DEFAULT_START_MS,
         stop_ms: int = DEFAULT_STOP_MS,
         encoding: VadEncoding = "pcm_s16le",
+        onset_snr_db: float | None = DEFAULT_ONSET_SNR_DB,
     ) -> None:
         """Create a detector.
 
@@ -178,6 +199,8 @@ class VoiceActivityDetector:
             start_ms: Voiced audio needed to start speech; rounded up to whole frames.
             stop_ms: Unvoiced audio needed to stop speech; rounded up to whole frames.
             encoding: ``"pcm_s16le"``, ``"mulaw"`` or ``"alaw"``, as fed to :meth:`process`.
+            onset_snr_db: before speech starts, a voiced frame less than this far above the
+                noise floor counts as unvoiced (click rejection); ``None`` turns it off.
 
         Raises:
             AudioFormatError: unsupported ``sample_rate``, ``frame_ms`` or ``encoding``.
@@ -205,8 +228,13 @@ class VoiceActivityDetector:
         self._sample_rate = sample_rate
         self._frame_ms = frame_ms
         self._aggressiveness = aggressiveness
+        if onset_snr_db is not None and not 0 < onset_snr_db <= 60:
+            raise InvalidRequest("onset_snr_db", f"must be in (0, 60] dB, got {onset_snr_db!r}")
         self._start_ms = start_ms
         self._stop_ms = stop_ms
+        # compared as RMS ratios: a frame counts when rms >= floor * ratio
+        self._onset_ratio = 0.0 if onset_snr_db is None else 10.0 ** (onset_snr_db / 20.0)
+        self._floor_rise = 10.0 ** (_FLOOR_RISE_DB_PER_S * frame_ms / 1000 / 20)
         self._encoding: VadEncoding = encoding
         self._samples = sample_rate * frame_ms // 1000
         self._pcm_frame_bytes = 2 * self._samples
@@ -217,6 +245,7 @@ class VoiceActivityDetector:
         )
         self._silent_frame = bytes(self._pcm_frame_bytes)
         self._start_frames = max(1, math.ceil(start_ms / frame_ms))
+        self._untrained_needed = math.ceil(_UNTRAINED_MS / frame_ms) + 1
         self._stop_frames = max(1, math.ceil(stop_ms / frame_ms))
         self._vad = webrtcvad.Vad(aggressiveness)
         self._decide = _frame_decider(self._vad, sample_rate)
@@ -227,6 +256,7 @@ class VoiceActivityDetector:
         self._unvoiced_run = 0
         self._run_start = 0
         self._run_needed = self._start_frames
+        self._floor = _FLOOR_START
         self._last_voiced_end = 0
         self._previous: g711.BytesLike | None = None  # last PCM chunk analysed; None at start
 
@@ -341,16 +371,26 @@ class VoiceActivityDetector:
         source = pcm
         if count > 1:
             pcm = memoryview(pcm)  # slices below without copying
+        ratio = self._onset_ratio
         for offset in range(0, count * step, step):
-            if decide(pcm[offset : offset + step] if count > 1 else pcm, samples):
+            frame = pcm[offset : offset + step] if count > 1 else pcm
+            if decide(frame, samples):
                 if self._speaking:
                     self._unvoiced_run = 0
                     self._last_voiced_end = frame_index + 1
                     frame_index += 1
                     continue
+                if ratio and self._voiced_run < self._untrained_needed:
+                    # the onset gate: in a run's first 100 ms, a frame at the noise floor
+                    # (a click's hangover) is not voice
+                    level = self._track_floor(frame)
+                    if level < self._floor * ratio:
+                        self._voiced_run = 0
+                        frame_index += 1
+                        continue
                 if self._voiced_run == 0:
                     self._run_start = frame_index
-                    self._run_needed = self._start_frames + self._follows_silence(pcm, offset)
+                    self._run_needed = self._untrained_frames(pcm, offset, frame_index)
                 self._voiced_run += 1
                 if self._voiced_run >= self._run_needed:
                     self._speaking = True
@@ -359,6 +399,8 @@ class VoiceActivityDetector:
                     self._last_voiced_end = frame_index + 1
                     events.append(SpeechStarted(self._run_start * self._frame_ms))
             elif self._speaking:
+                if ratio:
+                    self._track_floor(frame)
                 self._unvoiced_run += 1
                 if self._unvoiced_run >= self._stop_frames:
                     self._speaking = False
@@ -366,29 +408,42 @@ class VoiceActivityDetector:
                     events.append(SpeechStopped(self._last_voiced_end * self._frame_ms))
             else:
                 self._voiced_run = 0
+                if ratio:
+                    self._track_floor(frame)
             frame_index += 1
         self._frames = frame_index
-        # For _follows_silence at the next chunk's first frame: kept as is when immutable,
+        # For _untrained_frames at the next chunk's first frame: kept as is when immutable,
         # else the last frame is copied (the caller may reuse a bytearray).
         self._previous = source if type(source) is bytes else bytes(source[-step:])
         return events
 
-    def _follows_silence(self, pcm: g711.BytesLike, offset: int) -> int:
-        """1 if the frame before ``offset`` was digital silence (or the stream start), else 0.
+    def _track_floor(self, frame: g711.BytesLike) -> float:
+        """Update the noise floor with one frame outside speech; return the frame's RMS."""
+        level = float(_rms(frame))
+        self._floor = level if level < self._floor else self._floor * self._floor_rise
+        return level
 
-        WebRTC's noise model does not train on silence, so the first noise after it (or
-        after the stream starts) can be called voiced for up to 100 ms at 20 ms frames: one
-        frame more than ``start_ms`` is asked of a run that starts there. Only evaluated when
-        a voiced run starts, so the per-frame cost is nil.
+    def _untrained_frames(self, pcm: g711.BytesLike, offset: int, frame_index: int) -> int:
+        """Frames a voiced run must last when it starts where WebRTC's model is untrained.
+
+        WebRTC's noise model does not train on digital silence, so the first noise after it
+        (or in the stream's first 100 ms) can be called voiced for up to 100 ms: a run that
+        starts there must outlast that by a frame. Elsewhere ``start_ms`` applies. Only
+        evaluated when a voiced run starts, so the per-frame cost is nil.
         """
+        untrained = self._untrained_needed
+        if untrained <= self._start_frames:
+            untrained = self._start_frames + 1
+        if frame_index * self._frame_ms < _UNTRAINED_MS:
+            return untrained
         step = self._pcm_frame_bytes
         if offset:
             before = pcm[offset - step : offset]
         elif self._previous is None:
-            return 1
+            return untrained
         else:
             before = self._previous[len(self._previous) - step :]
-        return 1 if before == self._silent_frame else 0
+        return untrained if before == self._silent_frame else self._start_frames
 
     def flush(self) -> list[VadEvent]:
         """End the stream: close an open speech segment and drop any partial frame.
@@ -416,6 +471,7 @@ class VoiceActivityDetector:
         self._unvoiced_run = 0
         self._run_start = 0
         self._run_needed = self._start_frames
+        self._floor = _FLOOR_START
         self._last_voiced_end = 0
         self._previous = None
 

@@ -254,6 +254,40 @@ def test_stop_hysteresis_bridges_gaps_shorter_than_stop_ms(fixture: Fixture) -> 
     assert_matches_truth(segments(events), [(fixture.speech[0][0], fixture.speech[-1][1])])
 
 
+def with_clicks(floor: bytes, seed: int = 5) -> bytes:
+    """Sharp clicks (a 2-8 ms decaying burst at up to -3 dBFS) every 300 ms on ``floor``."""
+    samples = list(struct.unpack(f"<{len(floor) // 2}h", floor))
+    rng = random.Random(seed)
+    for at in range(800, len(samples) - 200, 2400):
+        length = rng.choice([16, 40, 64])
+        peak = rng.choice([5000, 12000, 23000])
+        for k in range(length):
+            samples[at + k] += peak * math.exp(-4 * k / length) * rng.choice((-1, 1))
+    return pcm_of([float(s) for s in samples])
+
+
+@pytest.mark.parametrize("floor_rms", [None, 100.0, 330.0])  # the fixture's, -50, -40 dBFS
+def test_the_onset_gate_is_what_keeps_clicks_from_starting_speech(
+    fixture: Fixture, floor_rms: float | None
+) -> None:
+    # One voiced frame plus WebRTC's hangover is an 80 ms voiced run: exactly start_ms.
+    # Without the gate the clicks start speech; with it (the default) they never do, on a
+    # quiet line or a noisy one, while the fixture's speech still starts where it begins.
+    if floor_rms is None:
+        floor = g711.ulaw_decode(fixture.window(0, fixture.speech[0][0] - 50))
+    else:
+        floor = pcm_of(noise(2.0, floor_rms, seed=11, pink=True))
+    audio = with_clicks(floor)
+    assert VoiceActivityDetector().start_ms == 80
+    ungated = run(VoiceActivityDetector(onset_snr_db=None), audio, 160)
+    assert any(isinstance(e, SpeechStarted) for e in ungated)
+    assert run(VoiceActivityDetector(), audio, 160) == []
+    speech = audio + g711.ulaw_decode(fixture.ulaw)
+    found = segments(run(VoiceActivityDetector(), speech, 160))
+    offset = len(audio) // 2 // 8
+    assert_matches_truth(found, [(s + offset, e + offset) for s, e in fixture.speech])
+
+
 def test_clicks_in_the_noise_floor_do_not_start_speech(fixture: Fixture) -> None:
     # The gap before the first utterance is the fixture's real noise floor. Add sharp
     # clicks (a 2-8 ms decaying burst at up to -3 dBFS) every 300 ms: each makes WebRTC

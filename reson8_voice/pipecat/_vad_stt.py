@@ -433,7 +433,7 @@ class VADTurnSTTService(STTService):
         rejected_retry_s: float = 30.0,
         fail_over_on_fatal: bool = False,
         vad_aggressiveness: int = 2,
-        vad_start_ms: int = 100,
+        vad_start_ms: int = 80,
         vad_stop_ms: int = 800,
         keepalive_interval_s: float | None = None,
         allow_insecure: bool = False,

@@ -166,7 +166,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         reconnect_delay_s: tuple[float, float] = (0.25, 5.0),
         rejected_retry_s: float = 30.0,
         vad_aggressiveness: int = 2,
-        vad_start_ms: int = 100,
+        vad_start_ms: int = 80,
         vad_stop_ms: int = 800,
         allow_insecure: bool = False,
         fallback_transcripts: Literal["replay", "local"] = "replay",
