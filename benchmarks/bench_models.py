@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"cores: {os.cpu_count()}")
     recognizers = {
         (beam, win): WhisperRecognizer(beam_size=beam, min_window_s=win, warm_up=False)
-        for beam in (1, 5) for win in (15.0, 30.0)
+        for beam in (1, 5) for win in (10.0, 15.0, 30.0)
     }
     for r in recognizers.values():  # warm every configuration
         r.transcribe(np.zeros(SAMPLE_RATE, dtype=np.int16), word_timestamps=True)

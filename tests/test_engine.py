@@ -52,3 +52,54 @@ def test_silero_option_segments_short_answers() -> None:
 def test_config_is_validated(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         EngineConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_speculative_recognition_is_ready_when_the_candidate_is_due() -> None:
+    # Recognition starts at 100 ms of silence; the candidate (at 200 ms) uses it, and a
+    # speculation overtaken by resumed speech is dropped: with a recogniser that answers
+    # "x" per job, the candidates' texts count exactly the segments, as without speculation.
+    from reson8_voice.engine.turn_engine import RecognizeJob, TurnEndCandidate
+
+    fx = load_fixture("call_delivery")
+
+    def drive(speculate_ms: int) -> tuple[list[tuple[float, object]], list[float]]:
+        engine = TurnEngine(EngineConfig(speculate_silence_ms=speculate_ms), sample_rate=8000)
+        issued: list[float] = []
+        base = scripted_runner()
+
+        def run(job: object) -> object:
+            if isinstance(job, RecognizeJob):
+                issued.append(engine.stream_ms)
+                return base(RecognizeJob(b"\0\0" * 2000, 8000, None, False))  # "w0 w1": fixed
+            return base(job)  # type: ignore[arg-type]
+
+        return run_to_completion(engine, fx.chunks(20, pcm=True), run), issued
+
+    plain, plain_jobs = drive(0)
+    fast, fast_jobs = drive(100)
+    assert [(t, type(e)) for t, e in fast] == [(t, type(e)) for t, e in plain]
+    assert fast == plain  # same texts: no dropped speculation leaked into a candidate
+    candidates = [t for t, e in fast if isinstance(e, TurnEndCandidate)]
+    assert candidates
+    for t in candidates:  # each candidate's recognition began 100 ms earlier in the stream
+        assert max(j for j in fast_jobs if j <= t) == pytest.approx(t - 100, abs=20)
+    assert len(fast_jobs) >= len(plain_jobs) == len(candidates)
+
+
+def test_a_noise_burst_in_the_pause_does_not_hold_the_turn_open() -> None:
+    # call_support: "okay" ends, and 700 ms later a 3.2 s burst of pink noise + hum at
+    # -38 dBFS begins (noise floor -55 dBFS). The jump out of the pause is not speech: no
+    # continuation, and the turn ends within the silence ceiling plus the 300 ms it takes
+    # to rule the burst out, not when the noise stops.
+    from reson8_voice import TurnContinuation
+
+    fx = load_fixture("call_support")
+    burst = fx.noise[1]
+    okay = next(t for t in fx.turns if t.end_ms < burst.start_ms < t.end_ms + 1000)
+    events = run_to_completion(TurnEngine(sample_rate=8000), fx.chunks(20, pcm=True),
+                               scripted_runner())
+    assert not [t for t, e in events
+                if isinstance(e, TurnContinuation) and okay.end_ms < t < burst.end_ms]
+    end = next(t for t, e in events if isinstance(e, TurnEnd) and t > okay.end_ms)
+    config = EngineConfig()
+    assert end - okay.end_ms <= config.max_silence_ms + config.modulation_window_ms

@@ -9,9 +9,10 @@ synchronous; the server runs them in a bounded thread pool off the event loop.
 input to a 30 s window, and on CPU the encoder dominates: tiny.en's encoder alone takes
 ~630 ms per call at one thread whatever the utterance length. CTranslate2's encoder accepts
 shorter windows, so an utterance is encoded in a window of ``max(min_window_s, duration +
-1 s)`` instead: 15 s costs ~170 ms, and a whole call ~2.5x less CPU than stock. On the
-project's speech fixtures this keeps the word error rate of the 30 s window
-(benchmarks/bench_models.py measures both); a whole-transcript repetition
+1 s)`` instead: 10 s costs ~120-180 ms against ~270 ms for 15 s. On the project's speech
+fixtures this keeps the word error rate of the 30 s window (benchmarks/bench_models.py
+measures them; on the 53 fixture segments the engine recognises one by one, 10 s scored
+3.3 % mean WER, 15 s 8.9 % and 30 s 8.3 %); a whole-transcript repetition
 ("okay okay"), the one failure mode shorter windows make more likely, is decoded again with
 the full window. Audio longer than the window goes through faster-whisper's own chunked
 ``transcribe``.
@@ -311,7 +312,7 @@ class WhisperRecognizer:
         cpu_threads: int = 1,
         num_workers: int = 1,
         beam_size: int = 5,
-        min_window_s: float = 15.0,
+        min_window_s: float = 10.0,
         warm_up: bool = True,
     ) -> None:
         from ._models import (

@@ -128,9 +128,19 @@ class EngineConfig:
     snr_db: float = 10.0
     floor_window_ms: int = 3000
     speech_start_ms: int = 100
+    #: speech resumes in a pause (``turn_continuation``) once a voiced run of ``resume_ms``
+    #: moved ``resume_modulation_db`` within itself; while a voiced run that may be resumed
+    #: speech is younger than ``modulation_window_ms``, the turn is not judged. (Counting
+    #: the jump out of the pause as modulation took a noise burst 700 ms after "okay" for
+    #: speech and held that turn open 3.5 s.)
     resume_ms: int = 60
+    resume_modulation_db: float = 8.0
     pre_roll_ms: int = 300
     candidate_silence_ms: int = 200
+    #: start recognising the segment this early in a pause, so the candidate is ready when
+    #: ``candidate_silence_ms`` is reached (the result is dropped if speech resumes first);
+    #: 0 recognises only at ``candidate_silence_ms``
+    speculate_silence_ms: int = 100
     #: Measured on the committed fixtures (flite voices, 8 kHz): smart-turn v3 does not
     #: separate their 260-600 ms mid-turn pauses from turn ends at 200-600 ms of silence
     #: (it gives >= 0.9 to a third of the pauses and < 0.2 to half the ends), so the
@@ -157,6 +167,8 @@ class EngineConfig:
             if silence < last or not 0.0 <= threshold <= 1.0:
                 raise InvalidRequest("eot_schedule", "checkpoints must be ordered, 0..1")
             last = silence
+        if not 0 <= self.speculate_silence_ms <= self.candidate_silence_ms:
+            raise InvalidRequest("speculate_silence_ms", "must be within 0..candidate_silence_ms")
         if self.max_silence_ms < max(self.candidate_silence_ms, last):
             raise InvalidRequest("max_silence_ms", "must not precede the last checkpoint")
 
@@ -311,11 +323,12 @@ class _Engine:
                   and level >= floor + self.config.snr_db and speech)
         return frame, voiced
 
-    def _modulated(self, run_ms: int) -> bool:
-        """Whether the energy within the voiced run moved like speech, not steady noise."""
+    def _modulated(self, run_ms: int, db: float | None = None) -> bool:
+        """Whether the energy within the voiced run moved like speech, not steady noise
+        (by ``db``, default ``modulation_db``, over its last ``run_ms``)."""
         n = min(len(self._levels), max(2, run_ms // self.config.vad_frame_ms))
         recent = list(self._levels)[-n:]
-        return max(recent) - min(recent) >= self.config.modulation_db
+        return max(recent) - min(recent) >= (self.config.modulation_db if db is None else db)
 
     def _logic(self) -> Generator[Job | None, Any, None]:
         raise NotImplementedError
@@ -367,6 +380,7 @@ class TurnEngine(_Engine):
         turn: _Turn | None = None
         speaking = False
         checkpoints: list[tuple[int, float]] = []
+        speculation: tuple[int, RecognitionLike] | None = None  # (segment start, result)
         while True:
             got = yield from self._frames()
             if got is None:
@@ -388,30 +402,43 @@ class TurnEngine(_Engine):
             if speaking:
                 if voiced:
                     turn.speech_end_ms = now
+                    speculation = None
                 elif unvoiced_run >= cfg.candidate_silence_ms:
                     speaking = False
-                    yield from self._recognise_segment(turn)
+                    if speculation is None:
+                        start = max(0, turn.segment_start)
+                        speculation = start, (yield self._segment_job(turn, start))
+                    self._add_segment(turn, *speculation)
+                    speculation = None
                     self._emit(self._candidate(turn))
                     checkpoints = [c for c in cfg.eot_schedule if c[0] >= unvoiced_run]
                     if (yield from self._judge(turn, unvoiced_run, checkpoints)):
                         turn = None
                         pre_roll.clear()
+                elif (speculation is None and cfg.speculate_silence_ms
+                      and unvoiced_run >= cfg.speculate_silence_ms):
+                    start = max(0, turn.segment_start)
+                    speculation = start, (yield self._segment_job(turn, start))
                 continue
             # a candidate is pending
             # resuming inside a turn: the jump out of the pause counts as modulation too
-            if voiced_run >= cfg.resume_ms and self._modulated(cfg.modulation_window_ms):
+            if voiced_run >= cfg.resume_ms and self._modulated(voiced_run,
+                                                               cfg.resume_modulation_db):
                 speaking = True
                 turn.segment_start = len(turn.audio) - self._ms_to_bytes(voiced_run + 200)
                 turn.speech_end_ms = now
                 self._emit(TurnContinuation())
                 continue
+            if 0 < voiced_run < cfg.modulation_window_ms:
+                continue  # maybe speech resuming: judge once it is confirmed or ruled out
             silence = round(now - turn.speech_end_ms)
             if (yield from self._judge(turn, silence, checkpoints)):
                 turn = None
                 pre_roll.clear()
         if turn is not None:  # end of stream: commit what was said
             if speaking:
-                yield from self._recognise_segment(turn)
+                start = max(0, turn.segment_start)
+                self._add_segment(turn, start, (yield self._segment_job(turn, start)))
                 self._emit(self._candidate(turn))
             self._emit(TurnEnd())
 
@@ -436,11 +463,13 @@ class TurnEngine(_Engine):
                 return True
         return False
 
-    def _recognise_segment(self, turn: _Turn) -> Generator[Job | None, Any, None]:
-        start = max(0, turn.segment_start)
-        audio = bytes(turn.audio[start:])
-        result: RecognitionLike = yield RecognizeJob(
-            audio, self.sample_rate, self.language, self.include_words or self.include_timestamps)
+    def _segment_job(self, turn: _Turn, start: int) -> RecognizeJob:
+        """Recognition of the turn's audio from byte ``start`` (the unrecognised segment)."""
+        return RecognizeJob(bytes(turn.audio[start:]), self.sample_rate, self.language,
+                            self.include_words or self.include_timestamps)
+
+    def _add_segment(self, turn: _Turn, start: int, result: RecognitionLike) -> None:
+        """Add a segment's recognition (of the audio from byte ``start``) to the turn."""
         offset = turn.audio_start_ms + start / 2 / self.sample_rate * 1000
         text = result.text.strip()
         if text:
