@@ -22,6 +22,7 @@ an illegal sequence is a bug that raises, never a message on the wire.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
@@ -233,6 +234,7 @@ class _Engine:
                                                       // config.vad_frame_ms))
         self._history: deque[float] = deque(maxlen=max(2, config.floor_window_ms
                                                        // config.vad_frame_ms))
+        self._ranked: list[float] = []  # the history, sorted
         self._started = False
         self._finished = False
         self.frames_processed = 0
@@ -315,13 +317,27 @@ class _Engine:
         self.frames_processed += 1
         level = max(_dbfs(np.frombuffer(frame, dtype=np.int16)), -100.0)
         self._levels.append(level)
-        self._history.append(level)
-        floor = float(np.percentile(np.fromiter(self._history, float), 5))
+        floor = self._floor_after(level)
         speech = (self._silero.is_speech(frame) if self._silero is not None
                   else self._vad.is_speech(frame, self.sample_rate))
         voiced = (level >= self.config.energy_floor_dbfs
                   and level >= floor + self.config.snr_db and speech)
         return frame, voiced
+
+    def _floor_after(self, level: float) -> float:
+        """Add a frame level to the floor window; its 5th percentile (numpy's linear
+        interpolation), kept in a sorted list so a frame costs ~1 us, not ~100 us."""
+        history, ranked = self._history, self._ranked
+        if len(history) == history.maxlen:
+            del ranked[bisect.bisect_left(ranked, history[0])]
+        history.append(level)
+        bisect.insort(ranked, level)
+        position = 0.05 * (len(ranked) - 1)
+        low = int(position)
+        fraction = position - low
+        if not fraction:
+            return ranked[low]
+        return ranked[low] + (ranked[low + 1] - ranked[low]) * fraction
 
     def _modulated(self, run_ms: int, db: float | None = None) -> bool:
         """Whether the energy within the voiced run moved like speech, not steady noise
