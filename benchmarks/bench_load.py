@@ -151,7 +151,7 @@ class Call:
 
         self.audio = audio
         self.stt = Reson8TurnsSTTService(url=url)
-        self.harness = Harness([self.stt], sample_rate=RATE)
+        self.harness = Harness([self.stt], sample_rate=RATE, lean=True)
         self.connected = asyncio.Event()
         self.arrivals: list[float] = []
         self.fallbacks: list[tuple[float, str]] = []

@@ -38,13 +38,20 @@ class Recorder(FrameProcessor):
 class Harness:
     """Run ``processors`` in a pipeline at ``sample_rate`` until :meth:`stop`."""
 
-    def __init__(self, processors: list[FrameProcessor], sample_rate: int = 8000) -> None:
+    def __init__(self, processors: list[FrameProcessor], sample_rate: int = 8000, *,
+                 lean: bool = False) -> None:
+        """``lean`` drops the worker's default observers (RTVI, turn tracking, idle
+        detection), which copy every frame to a queue each: a dense deployment's choice,
+        and the load benchmark's, so it measures the service rather than pipecat's
+        observers."""
         self.recorder = Recorder()
         self.pipeline = Pipeline([*processors, self.recorder])
+        extra: dict[str, Any] = ({"enable_rtvi": False, "enable_turn_tracking": False,
+                                  "idle_timeout_secs": None} if lean else {})
         self.worker = PipelineWorker(
             self.pipeline, cancel_on_idle_timeout=False,
             params=PipelineParams(audio_in_sample_rate=sample_rate,
-                                  audio_out_sample_rate=sample_rate))
+                                  audio_out_sample_rate=sample_rate), **extra)
         self.runner = WorkerRunner(handle_sigint=False)
         self._task: asyncio.Task[None] | None = None
         self.sample_rate = sample_rate
