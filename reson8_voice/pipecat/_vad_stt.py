@@ -35,8 +35,6 @@ from typing import Any, Literal, TypeAlias
 from loguru import logger
 from pipecat.audio.vad.vad_analyzer import VADAnalyzer, VADState
 from pipecat.frames.frames import (
-    CancelFrame,
-    EndFrame,
     ErrorFrame,
     Frame,
     InterimTranscriptionFrame,
@@ -48,7 +46,6 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
-from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
 from pipecat.turns.user_turn_strategies import ExternalUserTurnStrategies
 from pipecat.utils.errors import ErrorCategory
@@ -75,6 +72,7 @@ from ..errors import (
 )
 from ..vad import SpeechStarted, SpeechStopped
 from ._pipeline_vad import PipelineVad
+from ._session_service import SessionSTTService
 
 __all__ = [
     "EndOfTurn",
@@ -406,7 +404,7 @@ class TranscriptTurnPolicy:
 # -- the pipecat base ------------------------------------------------------------------------
 
 
-class VADTurnSTTService(STTService):
+class VADTurnSTTService(SessionSTTService[Any]):
     """Base of the transcript-only services: local VAD turns, flush-confirmed ends, failover.
 
     Event handlers (besides pipecat's ``on_connected``, ``on_disconnected``,
@@ -480,22 +478,11 @@ class VADTurnSTTService(STTService):
         self._allow_insecure = allow_insecure
         self.policy = TranscriptTurnPolicy(end_of_turn=self._end_of_turn,
                                            flush_timeout_s=flush_timeout_s)
-        self._conn: Any = None
-        self._connection_task: asyncio.Task[None] | None = None
-        self._watchdog_task: asyncio.Task[None] | None = None
-        self._send_lock = asyncio.Lock()
-        self._healthy = asyncio.Event()
-        self._stopping = False
-        self._reconnect_requested = False
-        self._backlog: AudioBacklog | None = None
-        self._sent = 0  # backlog position sent on the current connection
         self._conn_start = 0  # backlog position of the current connection's first byte
         self._anchor = 0  # a replay starts here: the server has answered for what precedes
         self._flush_positions: dict[str, int] = {}
         self._stop_position: int | None = None
         self._ttfb_started: float | None = None
-        self._last_send = 0.0
-        self._vad: PipelineVad | None = None
         self._analyzer_speaking = False
         self._replays = 0
         #: seconds from the last turn-ending flush (or speech end) to its answer
@@ -579,43 +566,10 @@ class VADTurnSTTService(STTService):
             self._vad_analyzer.set_sample_rate(rate)
         else:
             self._vad = PipelineVad(rate, *self._vad_args)
-        self._stopping = False
-        self._connection_task = self.create_task(self._connection_loop(), "stt-connection")
-        self._watchdog_task = self.create_task(self._watchdog_loop(), "stt-watchdog")
+        self._start_tasks("stt")
 
-    async def stop(self, frame: EndFrame) -> None:
-        """Close the open turn and the connection."""
-        await super().stop(frame)
-        await self._shutdown()
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        """Close the connection at once."""
-        await super().cancel(frame)
-        await self._shutdown()
-
-    async def cleanup(self) -> None:
-        """Release every task and socket."""
-        await self._shutdown()
-        await super().cleanup()
-
-    async def _shutdown(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        conn, self._conn = self._conn, None  # before the tasks are gone: close it politely
-        for task in (self._watchdog_task, self._connection_task):
-            if task is not None:
-                await self.cancel_task(task)
-        self._watchdog_task = self._connection_task = None
-        if conn is not None:
-            await self._close_quietly(conn)
+    async def _finish(self) -> None:
         await self._apply(self.policy.close(time.monotonic()))
-
-    async def _close_quietly(self, session: Any) -> None:
-        try:
-            await asyncio.wait_for(self._close_session(session), 2.0)
-        except Exception as exc:  # closing a dead socket can fail in many ways
-            logger.debug(f"{self.name}: close: {exc.__class__.__name__}")
 
     async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:  # type: ignore[override]
         """Apply a settings delta; any change reconnects between turns."""
@@ -676,26 +630,6 @@ class VADTurnSTTService(STTService):
             self._ttfb_started = now
             await self.start_ttfb_metrics()
         await self._apply(self.policy.local_speech_stopped(now))
-
-    async def _pump(self) -> None:
-        """Send whatever of the backlog this connection has not had yet."""
-        conn, backlog = self._conn, self._backlog
-        if conn is None or backlog is None:
-            return
-        async with self._send_lock:
-            if self._sent < backlog.start:
-                self._sent = backlog.start
-            data = backlog.since(self._sent)
-            if not data:
-                return
-            try:
-                await self._send(conn, data)
-            except (ConnectionClosed, OSError) as exc:
-                logger.debug(f"{self.name}: send failed: {exc}")
-                self._healthy.clear()
-                return
-            self._sent += len(data)
-            self._last_send = time.monotonic()
 
     async def _inject_silence(self, seconds: float) -> None:
         """Append silence to the stream (a keep-alive for protocols that have none)."""

@@ -34,8 +34,6 @@ from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
-    CancelFrame,
-    EndFrame,
     ErrorFrame,
     Frame,
     InterimTranscriptionFrame,
@@ -47,7 +45,6 @@ from pipecat.frames.frames import (
 )
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.services.settings import STTSettings
-from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
 from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
 from pipecat.utils.time import time_now_iso8601
@@ -88,6 +85,7 @@ from ..turns import CompletedTurn
 from ..vad import SpeechStarted, SpeechStopped
 from ._local_transcriber import LocalTranscriber
 from ._pipeline_vad import PipelineVad
+from ._session_service import SessionSTTService
 
 __all__ = ["DEFAULT_LOCAL_URL", "Reson8TurnsSTTService", "Reson8TurnsSTTSettings"]
 
@@ -129,7 +127,8 @@ def _resolve_url(url: str | None, has_credentials: bool) -> str:
     return os.environ.get("RESON8_URL") or DEFAULT_LOCAL_URL
 
 
-class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
+class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
+                            SessionSTTService[Reson8Connection[TurnsParams]]):
     """Turn-taking for a pipecat pipeline from the Reson8 turns endpoint, with failover.
 
     Event handlers (besides pipecat's ``on_connected``, ``on_disconnected``,
@@ -243,25 +242,15 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         self._local_base = 0  # backlog position where the local engine's audio begins
         self.arbiter = TurnArbiter(barge_in=barge_in, eager=enable_eager_end_of_turn,
                                    watchdog_s=watchdog_s, min_barge_in_s=min_barge_in_ms / 1000)
-        self._conn: Reson8Connection[TurnsParams] | None = None
-        self._connection_task: asyncio.Task[None] | None = None
-        self._watchdog_task: asyncio.Task[None] | None = None
-        self._send_lock = asyncio.Lock()
-        self._healthy = asyncio.Event()
-        self._stopping = False
-        self._reconnect_requested = False
         self._planned_close = False
         self._encoder: g711.G711Encoder | None = None
         self._encoding = "pcm_s16le"
-        self._backlog: AudioBacklog | None = None
-        self._sent = 0  # backlog position sent on the current connection
         self._anchor = 0  # replay from here if the connection dies
         self._warned_drop = False
         self._last_stop_at = 0.0
         self._speech_started_ms = 0
         #: local speech (start, end) in backlog positions, for the replay's bookkeeping
         self._speech_spans: deque[tuple[int, int]] = deque(maxlen=64)
-        self._vad: PipelineVad | None = None
         self._language: Language | str | None = None
         #: counters for operators: malformed / unknown messages, violations, fallbacks
         self.stats: dict[str, int] = {"malformed": 0, "unknown": 0, "violations": 0,
@@ -332,46 +321,18 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
         width = 1 if self._encoder else 2
         self._backlog = AudioBacklog(int(self._replay_buffer_s * rate * width))
         self._vad = PipelineVad(rate, *self._vad_args)
-        self._stopping = False
-        self._connection_task = self.create_task(self._connection_loop(), "reson8-connection")
-        self._watchdog_task = self.create_task(self._watchdog_loop(), "reson8-watchdog")
+        self._start_tasks("reson8")
 
-    async def stop(self, frame: EndFrame) -> None:
-        """Close the open turn and the connection."""
-        await super().stop(frame)
-        await self._shutdown()
-
-    async def cancel(self, frame: CancelFrame) -> None:
-        """Close the connection at once."""
-        await super().cancel(frame)
-        await self._shutdown()
-
-    async def cleanup(self) -> None:
-        """Release every task and socket (also after an abrupt end)."""
-        await self._shutdown()
-        await super().cleanup()
-
-    async def _shutdown(self) -> None:
-        if self._stopping:
-            return
-        self._stopping = True
-        conn, self._conn = self._conn, None  # before the tasks that own it are cancelled
-        for task in (self._watchdog_task, self._connection_task):
-            if task is not None:
-                await self.cancel_task(task)
-        self._watchdog_task = self._connection_task = None
-        if conn is not None:
-            await self._close_quietly(conn)
+    async def _finish(self) -> None:
         if self._local is not None:
             await self._local.close()
         await self._apply(self.arbiter.close(time.monotonic()))
 
-    @staticmethod
-    async def _close_quietly(conn: Reson8Connection[TurnsParams]) -> None:
-        try:
-            await asyncio.wait_for(conn.close(), 2.0)
-        except Exception as exc:  # closing a dead socket can fail in many ways
-            logger.debug(f"reson8: close: {exc.__class__.__name__}")
+    async def _send(self, session: Reson8Connection[TurnsParams], data: bytes) -> None:
+        await session.send_audio(data)
+
+    async def _close_session(self, session: Reson8Connection[TurnsParams]) -> None:
+        await session.close()
 
     async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:  # type: ignore[override]
         """Apply a settings delta; connection-bound changes reconnect between turns."""
@@ -428,25 +389,6 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
                                            self._ms_to_pos(event.at_ms)))
                 await self._apply(self.arbiter.local_speech_stopped(now, speech_s))
         yield None
-
-    async def _pump(self) -> None:
-        """Send whatever of the backlog this connection has not had yet."""
-        conn, backlog = self._conn, self._backlog
-        if conn is None or backlog is None:
-            return
-        async with self._send_lock:
-            if self._sent < backlog.start:
-                self._sent = backlog.start
-            data = backlog.since(self._sent)
-            if not data:
-                return
-            try:
-                await conn.send_audio(data)
-            except (ConnectionClosed, OSError) as exc:
-                logger.debug(f"reson8: send failed: {exc}")
-                self._healthy.clear()
-                return
-            self._sent += len(data)
 
     # -- the connection ----------------------------------------------------------------
     async def _connection_loop(self) -> None:
