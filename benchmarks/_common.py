@@ -338,15 +338,28 @@ def cpu_s(pid: int | str = "self") -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def host_cpu_s() -> tuple[float, float]:
+    """(busy, stolen) CPU seconds of the whole machine, all CPUs, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return math.nan, math.nan
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / _TICK, steal / _TICK
+
+
 @dataclass
 class Sample:
     t: float
     rss_mb: float
     cpu_pct: float
+    #: the "host" series only: CPU time stolen by the hypervisor, % of one core
+    steal_pct: float = 0.0
 
 
 class ProcSampler:
-    """Samples RSS and CPU (% of one core) of some processes every ``interval`` s."""
+    """Samples RSS and CPU (% of one core) of some processes every ``interval`` s; the pid
+    ``"host"`` samples the whole machine (busy and stolen CPU, % of one core; no RSS)."""
 
     def __init__(self, pids: dict[str, int | str], interval: float = 2.0) -> None:
         self.pids = pids
@@ -355,17 +368,23 @@ class ProcSampler:
         self._task: asyncio.Task[None] | None = None
         self.t0 = time.monotonic()
 
+    @staticmethod
+    def _read(pid: int | str) -> tuple[float, float]:
+        return host_cpu_s() if pid == "host" else (cpu_s(pid), 0.0)
+
     async def _run(self) -> None:
-        last = {k: (time.monotonic(), cpu_s(p)) for k, p in self.pids.items()}
+        last = {k: (time.monotonic(), *self._read(p)) for k, p in self.pids.items()}
         while True:
             await asyncio.sleep(self.interval)
             now = time.monotonic()
             for k, p in self.pids.items():
-                c = cpu_s(p)
-                t_prev, c_prev = last[k]
-                self.samples[k].append(
-                    Sample(now - self.t0, rss_mb(p), 100 * (c - c_prev) / max(1e-6, now - t_prev)))
-                last[k] = (now, c)
+                c, stolen = self._read(p)
+                t_prev, c_prev, stolen_prev = last[k]
+                span = max(1e-6, now - t_prev)
+                self.samples[k].append(Sample(
+                    now - self.t0, math.nan if p == "host" else rss_mb(p),
+                    100 * (c - c_prev) / span, 100 * (stolen - stolen_prev) / span))
+                last[k] = (now, c, stolen)
 
     def start(self) -> None:
         self.t0 = time.monotonic()

@@ -156,7 +156,10 @@ class Call:
         from tests.pipeline_harness import Harness
 
         self.audio = audio
-        self.stt = Reson8TurnsSTTService(url=url)
+        # --no-passthrough (inherited by the workers through the environment): audio stops
+        # at the service instead of flowing on through the pipeline, as pipecat's default
+        passthrough = os.environ.get("RESON8_BENCH_PASSTHROUGH", "1") != "0"
+        self.stt = Reson8TurnsSTTService(url=url, audio_passthrough=passthrough)
         self.harness = Harness([self.stt], sample_rate=RATE, lean=True)
         self.connected = asyncio.Event()
         self.result = CallResult(audio.name)
@@ -270,7 +273,7 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
     """N calls at once for ``duration_s``, in this process or spread over ``procs`` worker
     processes; returns the results, /proc samples ("calls" summed over the processes,
     "server") and the number of calls that failed."""
-    server = ProcSampler({"server": server_pid}, sample_s)
+    server = ProcSampler({"server": server_pid, "host": "host"}, sample_s)
     procs = min(procs, n)
     if procs <= 1:
         async def go() -> float:
@@ -280,7 +283,7 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
         results, calls_samples, failures = await _calls_here(url, range(n), n, duration_s,
                                                              sample_s, go)
         await server.stop()
-        return results, {"calls": calls_samples, "server": server.samples["server"]}, failures
+        return results, {"calls": calls_samples, **server.samples}, failures
     workers = []
     for k in range(procs):
         indices = ",".join(str(i) for i in range(k, n, procs))
@@ -323,7 +326,7 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
     length = min(len(p) for p in per_proc)
     summed = [Sample(per_proc[0][i].t, sum(p[i].rss_mb for p in per_proc),
                      sum(p[i].cpu_pct for p in per_proc)) for i in range(length)]
-    return results, {"calls": summed, "server": server.samples["server"]}, failures
+    return results, {"calls": summed, **server.samples}, failures
 
 
 async def worker_main(url: str, indices: list[int], total: int, duration_s: float,
@@ -371,18 +374,23 @@ def print_calls(results: list[CallResult], limit: int) -> None:
 def print_samples(samples: dict[str, list[Sample]], warm_s: float, procs: int
                   ) -> dict[str, float]:
     """The /proc time series (at most ~12 rows) and each process's RSS growth after warm-up."""
-    calls, server = samples["calls"], samples["server"]
+    calls, server, host = samples["calls"], samples["server"], samples["host"]
     step = max(1, len(calls) // 12)
     rows = [[f"{a.t:.0f}", f"{a.cpu_pct:.0f}%", f"{a.rss_mb:.0f}", f"{b.cpu_pct:.0f}%",
-             f"{b.rss_mb:.0f}"] for a, b in list(zip(calls, server, strict=False))[::step]]
+             f"{b.rss_mb:.0f}", f"{h.cpu_pct:.0f}% / {h.steal_pct:.0f}%"]
+            for a, b, h in list(zip(calls, server, host, strict=False))[::step]]
     who = "calls (this process)" if procs <= 1 else f"calls ({procs} processes, summed)"
-    table(["t (s)", "calls CPU", "calls RSS MB", "server CPU", "server RSS MB"], rows,
-          f"CPU (% of one core) and RSS over time; {who}")
+    table(["t (s)", "calls CPU", "calls RSS MB", "server CPU", "server RSS MB",
+           "machine busy / stolen"], rows,
+          f"CPU (% of one core) and RSS over time; {who}; machine = all "
+          f"{os.cpu_count()} CPUs, stolen = taken by the hypervisor")
     if calls and max(s.cpu_pct for s in calls) >= 85 * max(1, procs):
         print("note: the calls process(es) reached a full core: a Python process uses one, so"
               " the load generator itself is the bottleneck (try --procs)\n")
     growth = {}
     for name, series in samples.items():
+        if name == "host":
+            continue
         warm = [s for s in series if s.t >= warm_s]
         if len(warm) >= 2:
             growth[name] = (warm[-1].rss_mb - warm[0].rss_mb) / warm[0].rss_mb
@@ -525,12 +533,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--procs", type=int, default=0,
                         help="spread the calls over this many worker processes (default: one "
                         "per CPU, at most 4; 1 = all calls in this process)")
+    parser.add_argument("--no-passthrough", action="store_true",
+                        help="audio_passthrough=False: audio frames stop at the service "
+                        "(pipecat's default passes them on to the rest of the pipeline)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=float, default=2.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     quiet_logs("ERROR")
+    if args.no_passthrough:
+        os.environ["RESON8_BENCH_PASSTHROUGH"] = "0"
     if args.worker:
         indices = [int(i) for i in args.indices.split(",") if i]
         asyncio.run(worker_main(args.worker, indices, args.total, args.duration, args.sample))
