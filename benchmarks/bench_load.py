@@ -238,6 +238,57 @@ class Call:
         return res
 
 
+#: per calls process: its event loop's worst lag per minute and its garbage collections
+#: (``run_calls`` collects them here, for the pauses table)
+PAUSES: list[dict[str, Any]] = []
+
+
+class PauseWatch:
+    """How long this process's event loop stalls: the worst lateness of a 10 ms tick, per
+    minute, and every garbage collection's duration (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.lag_ms_by_minute: list[float] = []
+        self.gc_counts = [0, 0, 0]
+        self.gc_max_ms = [0.0, 0.0, 0.0]
+        self.gc_total_ms = 0.0
+        self._gc_t0 = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_t0 = time.perf_counter()
+            return
+        ms = (time.perf_counter() - self._gc_t0) * 1000
+        gen = int(info.get("generation", 0))
+        self.gc_counts[gen] += 1
+        self.gc_max_ms[gen] = max(self.gc_max_ms[gen], ms)
+        self.gc_total_ms += ms
+
+    async def _ticks(self) -> None:
+        t0 = time.monotonic()
+        while True:
+            due = time.monotonic() + 0.01
+            await asyncio.sleep(0.01)
+            lag = (time.monotonic() - due) * 1000
+            minute = int((time.monotonic() - t0) // 60)
+            self.lag_ms_by_minute.extend([0.0] * (minute + 1 - len(self.lag_ms_by_minute)))
+            self.lag_ms_by_minute[minute] = max(self.lag_ms_by_minute[minute], lag)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        self._task = asyncio.create_task(self._ticks())
+
+    async def stop(self) -> dict[str, Any]:
+        gc.callbacks.remove(self._on_gc)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        return {"lag": [round(x, 1) for x in self.lag_ms_by_minute], "gc": self.gc_counts,
+                "gc_max": [round(x, 1) for x in self.gc_max_ms],
+                "gc_total": round(self.gc_total_ms, 1)}
+
+
 async def _calls_here(url: str, indices: Sequence[int], total: int, duration_s: float,
                       sample_s: float, go: Any) -> tuple[list[CallResult], list[Sample], int]:
     """Run the calls ``indices`` in this process; ``go()`` returns the monotonic start."""
@@ -250,12 +301,15 @@ async def _calls_here(url: str, indices: Sequence[int], total: int, duration_s: 
     t0 = await go()
     sampler = ProcSampler({"calls": "self"}, sample_s)
     sampler.start()
+    watch = PauseWatch()
+    watch.start()
     # calls start spread over one frame period so their sends interleave
     fed = await asyncio.gather(*(c.feed(t0 + 0.02 * i / total)
                                  for i, c in zip(indices, calls, strict=True)),
                                return_exceptions=True)
     await asyncio.sleep(2.0)  # the last turn's events
     await sampler.stop()
+    PAUSES.append(await watch.stop())
     results, failures = [], 0
     for c, q in zip(calls, fed, strict=True):
         if isinstance(q, BaseException):
@@ -320,6 +374,7 @@ async def run_calls(url: str, n: int, duration_s: float, server_pid: int, sample
             if w.returncode is None:
                 w.kill()
                 await w.wait()
+    PAUSES.extend(out["pauses"] for out in outputs)
     results = [CallResult.from_json(d) for out in outputs for d in out["results"]]
     failures = sum(out["failures"] for out in outputs)
     per_proc = [[Sample(*x) for x in out["samples"]] for out in outputs]
@@ -343,6 +398,7 @@ async def worker_main(url: str, indices: list[int], total: int, duration_s: floa
     results, samples, failures = await _calls_here(url, indices, total, duration_s, sample_s,
                                                    go)
     print(json.dumps({"results": [r.to_json() for r in results], "failures": failures,
+                      "pauses": PAUSES[-1],
                       "samples": [[x.t, x.rss_mb, x.cpu_pct] for x in samples]}), flush=True)
 
 
@@ -473,6 +529,18 @@ async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int
          verdict(abs(growth.get("server", float("nan"))), TARGET_MEM_GROWTH)],
         ["wall time of the run", f"{wall:.0f} s", "", ""],
     ], "Scripted soak (transport + turn logic)")
+    print_pauses()
+
+
+def print_pauses() -> None:
+    """Each calls process's event-loop stalls and garbage collections (for late frames)."""
+    rows = [[str(i), " ".join(f"{x:.0f}" for x in p["lag"]),
+             " / ".join(str(n) for n in p["gc"]), " / ".join(f"{x:.0f}" for x in p["gc_max"]),
+             f"{p['gc_total']:.0f}"] for i, p in enumerate(PAUSES)]
+    table(["process", "worst loop lag per minute (ms)", "GC runs gen 0/1/2",
+           "GC max ms gen 0/1/2", "GC total ms"], rows,
+          "Calls processes: event-loop stalls (a 10 ms tick's lateness) and collections")
+    PAUSES.clear()
 
 
 async def real_mode(ladder: list[int], trial_s: float, budget_s: float, per_call: int,
