@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import ssl
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -28,7 +29,7 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
-from .auth import Credentials, auth_headers, redact
+from .auth import Credentials, Secret, auth_headers, redact
 from .errors import (
     BadRequest,
     ConnectionClosed,
@@ -191,6 +192,64 @@ def _rejection(exc: InvalidStatus) -> Reson8Error:
     return err
 
 
+async def open_websocket(
+    url: str,
+    headers: dict[str, str],
+    secrets: Sequence[Secret | None] = (),
+    *,
+    subprotocols: Sequence[str] = (),
+    rejection: Callable[[InvalidStatus], Reson8Error] = _rejection,
+    allow_insecure: bool = False,
+    open_timeout: float = 10.0,
+    ping_interval: float | None = 20.0,
+    ping_timeout: float | None = 20.0,
+    ssl_context: ssl.SSLContext | None = None,
+    **ws_options: Any,
+) -> ClientConnection:
+    """The WebSocket upgrade every client (turns, realtime, gateway, Scribe) shares.
+
+    Refuses to send any of ``secrets`` (the credentials in ``headers``, ``subprotocols`` or
+    the URL) over plain ``ws://`` to a non-loopback host unless ``allow_insecure``,
+    verifies TLS, caps messages at :data:`MAX_MESSAGE_BYTES`, and turns every failure
+    into a typed error with the secrets redacted: an HTTP refusal goes to ``rejection``.
+
+    Raises:
+        InvalidRequest: bad URL, or a credential over plain ``ws`` to a remote host.
+        Reson8Error: whatever ``rejection`` makes of a refused upgrade.
+        ConnectionClosed: the server could not be reached or hung up during the handshake.
+    """
+    parts = urlsplit(url)
+    if (any(s is not None for s in secrets) and parts.scheme == "ws"
+            and not is_loopback(parts.hostname) and not allow_insecure):
+        raise InvalidRequest(
+            "url", "refusing to send credentials over plain ws:// to a non-loopback host; "
+            "use wss:// or pass allow_insecure=True")
+    options: dict[str, Any] = {
+        "additional_headers": headers,
+        "subprotocols": [Subprotocol(p) for p in subprotocols] or None,
+        "open_timeout": open_timeout,
+        "ping_interval": ping_interval,
+        "ping_timeout": ping_timeout,
+        "max_size": MAX_MESSAGE_BYTES,
+        "proxy": None,
+        **ws_options,
+    }
+    if parts.scheme == "wss":
+        options["ssl"] = ssl_context or ssl.create_default_context()
+    try:
+        return await ws_connect(url, **options)
+    except InvalidStatus as exc:
+        raise rejection(exc) from None
+    except InvalidURI as exc:
+        raise InvalidRequest("url", redact(str(exc), *secrets)) from None
+    except (OSError, TimeoutError) as exc:
+        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", *secrets)) from None
+    except WsConnectionClosed as exc:
+        raise _closed(exc) from None
+    except Exception as exc:  # websockets' InvalidHandshake family and friends
+        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", *secrets)) from None
+
+
 async def connect(
     url: str,
     params: P,
@@ -212,38 +271,12 @@ async def connect(
         ConnectionClosed: the server could not be reached or hung up during the handshake.
     """
     full_url = endpoint_url(url, params)
-    parts = urlsplit(full_url)
-    if credentials is not None and parts.scheme == "ws" and not is_loopback(parts.hostname):
-        if not allow_insecure:
-            raise InvalidRequest(
-                "url", "refusing to send credentials over plain ws:// to a non-loopback host; "
-                "use wss:// or pass allow_insecure=True")
     headers, subprotocols = auth_headers(credentials)
-    secret = credentials.secret if credentials is not None else None
-    options: dict[str, Any] = {
-        "additional_headers": headers,
-        "subprotocols": [Subprotocol(p) for p in subprotocols] or None,
-        "open_timeout": open_timeout,
-        "ping_interval": ping_interval,
-        "ping_timeout": ping_timeout,
-        "max_size": MAX_MESSAGE_BYTES,
-        "proxy": None,
-        **ws_options,
-    }
-    if parts.scheme == "wss":
-        options["ssl"] = ssl_context or ssl.create_default_context()
-    try:
-        ws = await ws_connect(full_url, **options)
-    except InvalidStatus as exc:
-        raise _rejection(exc) from None
-    except InvalidURI as exc:
-        raise InvalidRequest("url", redact(str(exc), secret)) from None
-    except (OSError, TimeoutError) as exc:
-        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", secret)) from None
-    except WsConnectionClosed as exc:
-        raise _closed(exc) from None
-    except Exception as exc:  # websockets' InvalidHandshake family and friends
-        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", secret)) from None
+    ws = await open_websocket(
+        full_url, headers, (credentials.secret if credentials is not None else None,),
+        subprotocols=subprotocols, allow_insecure=allow_insecure, open_timeout=open_timeout,
+        ping_interval=ping_interval, ping_timeout=ping_timeout, ssl_context=ssl_context,
+        **ws_options)
     return Reson8Connection(ws, params, full_url)
 
 

@@ -20,12 +20,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidStatus, InvalidURI
 
-from ..auth import Secret, redact
-from ..client import MAX_MESSAGE_BYTES, MessageStream, _closed, _rejection, is_loopback
+from ..auth import Secret
+from ..client import MessageStream, open_websocket
 from ..errors import ConnectionClosed, InvalidRequest
 from .gateway import (
     GATEWAY_PATH,
@@ -157,12 +154,7 @@ async def connect_gateway(
     config = config or GatewayConfig(encoding="pcm_s16le", sample_rate=16000, channels=1)
     config.to_realtime_params()  # refuse a bad config before connecting
     full_url = gateway_url(url)
-    parts = urlsplit(full_url)
     secret = Secret(api_key) if isinstance(api_key, str) else api_key
-    if secret is not None and parts.scheme == "ws" and not is_loopback(parts.hostname) \
-            and not allow_insecure:
-        raise InvalidRequest("url", "refusing to send the key over plain ws:// to a "
-                                    "non-loopback host; use wss:// or allow_insecure=True")
     headers: dict[str, str] = {}
     if secret is not None:
         headers["Authorization"] = f"Bearer {secret.reveal()}"
@@ -171,23 +163,9 @@ async def connect_gateway(
             raise InvalidRequest("world_part", f"must be one of {', '.join(WORLD_PARTS)}, "
                                                f"got {world_part!r}")
         headers[WORLD_PART_HEADER] = world_part
-    options: dict[str, Any] = {"additional_headers": headers, "open_timeout": open_timeout,
-                               "ping_interval": ping_interval, "ping_timeout": ping_timeout,
-                               "max_size": MAX_MESSAGE_BYTES, "proxy": None, **ws_options}
-    if parts.scheme == "wss":
-        options["ssl"] = ssl_context or ssl.create_default_context()
-    try:
-        ws = await ws_connect(full_url, **options)
-    except InvalidStatus as exc:
-        raise _rejection(exc) from None
-    except InvalidURI as exc:
-        raise InvalidRequest("url", redact(str(exc), secret)) from None
-    except (OSError, TimeoutError) as exc:
-        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", secret)) from None
-    except WsConnectionClosed as exc:
-        raise _closed(exc) from None
-    except Exception as exc:  # websockets' InvalidHandshake family
-        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", secret)) from None
+    ws = await open_websocket(full_url, headers, (secret,), allow_insecure=allow_insecure,
+                              open_timeout=open_timeout, ping_interval=ping_interval,
+                              ping_timeout=ping_timeout, ssl_context=ssl_context, **ws_options)
     conn = GatewayConnection(ws, config, "", full_url)
     try:
         try:

@@ -21,12 +21,11 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
-from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
-from websockets.exceptions import InvalidStatus, InvalidURI
+from websockets.exceptions import InvalidStatus
 
 from ..auth import Secret, redact
-from ..client import MAX_MESSAGE_BYTES, MessageStream, _closed, _rejection, is_loopback
+from ..client import MessageStream, _closed, _rejection, open_websocket
 from ..errors import ConnectionClosed, InvalidRequest, Reson8Error
 from .scribe import (
     SCRIBE_PATH,
@@ -164,29 +163,11 @@ async def connect_scribe(
     key = Secret(api_key) if isinstance(api_key, str) else api_key
     tok = Secret(token) if isinstance(token, str) else token
     full_url = scribe_url(url, params, tok)
-    parts = urlsplit(full_url)
-    if (key or tok) and parts.scheme == "ws" and not is_loopback(parts.hostname) \
-            and not allow_insecure:
-        raise InvalidRequest("url", "refusing to send credentials over plain ws:// to a "
-                                    "non-loopback host; use wss:// or allow_insecure=True")
     headers = {"xi-api-key": key.reveal()} if key is not None else {}
-    options: dict[str, Any] = {"additional_headers": headers, "open_timeout": open_timeout,
-                               "ping_interval": ping_interval, "ping_timeout": ping_timeout,
-                               "max_size": MAX_MESSAGE_BYTES, "proxy": None, **ws_options}
-    if parts.scheme == "wss":
-        options["ssl"] = ssl_context or ssl.create_default_context()
-    try:
-        ws = await ws_connect(full_url, **options)
-    except InvalidStatus as exc:
-        raise _http_rejection(exc) from None
-    except InvalidURI as exc:
-        raise InvalidRequest("url", redact(str(exc), key, tok)) from None
-    except (OSError, TimeoutError) as exc:
-        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", key, tok)) from None
-    except WsConnectionClosed as exc:
-        raise _closed(exc) from None
-    except Exception as exc:  # websockets' InvalidHandshake family
-        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", key, tok)) from None
+    ws = await open_websocket(full_url, headers, (key, tok), rejection=_http_rejection,
+                              allow_insecure=allow_insecure, open_timeout=open_timeout,
+                              ping_interval=ping_interval, ping_timeout=ping_timeout,
+                              ssl_context=ssl_context, **ws_options)
     try:
         async with asyncio.timeout(start_timeout):
             while True:
