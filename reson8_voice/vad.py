@@ -13,7 +13,7 @@ for a few more frames (its *hangover*: 60 ms after a short voiced run and 100 ms
 one, at aggressiveness 2-3 with 20 ms frames). So a single voiced frame -- a click, a tap, or
 the detector's own start-up while its noise model adapts -- shows up as an 80 ms voiced run.
 Two rules keep those from starting speech. An *onset gate*: while speech has not started, a
-voiced frame in the first 100 ms of a run counts only if it is ``onset_snr_db`` (6 dB) above
+voiced frame in the first 120 ms of a run counts only if it is ``onset_snr_db`` (6 dB) above
 the line's noise floor (the lower envelope of frame levels: it falls to any quieter frame at
 once and rises 20 dB/s). The hangover after a click is line noise again, at the floor, so it
 breaks the run; speech onsets on a phone line stand well above it. And ``start_ms`` (80 ms,
@@ -160,6 +160,7 @@ class VoiceActivityDetector:
         "_frame_bytes",
         "_frame_ms",
         "_frames",
+        "_gate_frames",
         "_last_voiced_end",
         "_onset_ratio",
         "_pcm_frame_bytes",
@@ -245,7 +246,9 @@ class VoiceActivityDetector:
         )
         self._silent_frame = bytes(self._pcm_frame_bytes)
         self._start_frames = max(1, math.ceil(start_ms / frame_ms))
-        self._untrained_needed = math.ceil(_UNTRAINED_MS / frame_ms) + 1
+        # the onset gate watches a run as long as untrained noise could pass for voice
+        self._gate_frames = math.ceil(_UNTRAINED_MS / frame_ms) + 1
+        self._untrained_needed = max(self._gate_frames, self._start_frames + 1)
         self._stop_frames = max(1, math.ceil(stop_ms / frame_ms))
         self._vad = webrtcvad.Vad(aggressiveness)
         self._decide = _frame_decider(self._vad, sample_rate)
@@ -380,9 +383,9 @@ class VoiceActivityDetector:
                     self._last_voiced_end = frame_index + 1
                     frame_index += 1
                     continue
-                if ratio and self._voiced_run < self._untrained_needed:
-                    # the onset gate: in a run's first 100 ms, a frame at the noise floor
-                    # (a click's hangover) is not voice
+                if ratio and self._voiced_run < self._gate_frames:
+                    # the onset gate: early in a run, a frame at the noise floor (a click's
+                    # hangover) is not voice
                     level = self._track_floor(frame)
                     if level < self._floor * ratio:
                         self._voiced_run = 0
@@ -432,8 +435,6 @@ class VoiceActivityDetector:
         evaluated when a voiced run starts, so the per-frame cost is nil.
         """
         untrained = self._untrained_needed
-        if untrained <= self._start_frames:
-            untrained = self._start_frames + 1
         if frame_index * self._frame_ms < _UNTRAINED_MS:
             return untrained
         step = self._pcm_frame_bytes

@@ -422,8 +422,7 @@ class TurnEngine(_Engine):
                 elif unvoiced_run >= cfg.candidate_silence_ms:
                     speaking = False
                     if speculation is None:
-                        start = max(0, turn.segment_start)
-                        speculation = start, (yield self._segment_job(turn, start))
+                        speculation = yield from self._recognise(turn)
                     self._add_segment(turn, *speculation)
                     speculation = None
                     self._emit(self._candidate(turn))
@@ -433,11 +432,9 @@ class TurnEngine(_Engine):
                         pre_roll.clear()
                 elif (speculation is None and cfg.speculate_silence_ms
                       and unvoiced_run >= cfg.speculate_silence_ms):
-                    start = max(0, turn.segment_start)
-                    speculation = start, (yield self._segment_job(turn, start))
+                    speculation = yield from self._recognise(turn)
                 continue
-            # a candidate is pending
-            # resuming inside a turn: the jump out of the pause counts as modulation too
+            # a candidate is pending; resumed speech must move within its own run
             if voiced_run >= cfg.resume_ms and self._modulated(voiced_run,
                                                                cfg.resume_modulation_db):
                 speaking = True
@@ -453,8 +450,7 @@ class TurnEngine(_Engine):
                 pre_roll.clear()
         if turn is not None:  # end of stream: commit what was said
             if speaking:
-                start = max(0, turn.segment_start)
-                self._add_segment(turn, start, (yield self._segment_job(turn, start)))
+                self._add_segment(turn, *(yield from self._recognise(turn)))
                 self._emit(self._candidate(turn))
             self._emit(TurnEnd())
 
@@ -479,10 +475,13 @@ class TurnEngine(_Engine):
                 return True
         return False
 
-    def _segment_job(self, turn: _Turn, start: int) -> RecognizeJob:
-        """Recognition of the turn's audio from byte ``start`` (the unrecognised segment)."""
-        return RecognizeJob(bytes(turn.audio[start:]), self.sample_rate, self.language,
-                            self.include_words or self.include_timestamps)
+    def _recognise(self, turn: _Turn) -> Generator[Job | None, Any, tuple[int, RecognitionLike]]:
+        """Recognise the turn's unrecognised segment: (its start byte, the recognition)."""
+        start = max(0, turn.segment_start)
+        result: RecognitionLike = yield RecognizeJob(
+            bytes(turn.audio[start:]), self.sample_rate, self.language,
+            self.include_words or self.include_timestamps)
+        return start, result
 
     def _add_segment(self, turn: _Turn, start: int, result: RecognitionLike) -> None:
         """Add a segment's recognition (of the audio from byte ``start``) to the turn."""
