@@ -311,3 +311,24 @@ async def test_barge_in_guard_holds_the_start_while_the_bot_talks(
                  if isinstance(f, ProposedUserStartedSpeakingFrame)]
     onset_s = first.start_ms / 1000
     assert at - h.stream_t0 >= onset_s + 0.3  # held for the guard, then released
+
+
+async def test_a_send_on_a_session_that_died_is_absorbed(scripted_server: Reson8Server) -> None:
+    # The session's socket is gone but the connection task has not noticed yet: the send
+    # fails with the typed ConnectionClosed, which must not escape run_stt. The audio stays
+    # in the backlog (the replay sends it) and direct sends stop until a new connection.
+    from reson8_voice import connect_turns
+    from reson8_voice.backlog import AudioBacklog
+    from reson8_voice.params import TurnsParams
+
+    stt = Reson8TurnsSTTService(url=scripted_server.url)
+    conn = await connect_turns(scripted_server.url,
+                               TurnsParams(encoding="mulaw", sample_rate=8000))
+    await conn.close()
+    stt._conn = conn
+    stt._backlog = AudioBacklog(8000)
+    stt._backlog.append(b"\xff" * 160)
+    stt._healthy.set()
+    await stt._pump()
+    assert not stt._healthy.is_set()
+    assert stt._sent == 0 and stt._backlog.since(0) == b"\xff" * 160

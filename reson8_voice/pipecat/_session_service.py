@@ -12,9 +12,9 @@ from typing import Any, Generic, TypeVar
 from loguru import logger
 from pipecat.frames.frames import CancelFrame, EndFrame
 from pipecat.services.stt_service import STTService
-from websockets.exceptions import ConnectionClosed
 
 from ..backlog import AudioBacklog
+from ..errors import ConnectionClosed
 from ._pipeline_vad import PipelineVad
 
 __all__ = ["SessionSTTService"]

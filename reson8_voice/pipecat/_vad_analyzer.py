@@ -34,7 +34,7 @@ def phone_vad_params() -> VADParams:
     * ``start_secs`` 0.1: one voiced frame plus WebRTC's hangover is an 80 ms voiced run
       (clicks, the detector's start-up), so 100 ms is the shortest start that ignores them.
       (:class:`~reson8_voice.vad.VoiceActivityDetector` starts at 80 ms because its
-      transient gate breaks such runs; pipecat's hysteresis has no such gate.)
+      onset gate breaks such runs; pipecat's hysteresis has no such gate.)
     * ``stop_secs`` 0.2: pipecat's default; WebRTC's ~100 ms hangover comes on top.
     * ``min_volume`` 0.0: pipecat's 0.6 (about -50 LUFS over a 400 ms window, smoothed)
       rejects quiet 8 kHz PCMU callers outright and delays every onset until the rolling
