@@ -23,6 +23,8 @@ SessionT = TypeVar("SessionT")
 
 #: how long closing a session may take before it is abandoned
 _CLOSE_TIMEOUT_S = 2.0
+#: a replay after an outage goes out in messages of this much audio
+_REPLAY_CHUNK_S = 0.1
 
 
 class SessionSTTService(STTService, Generic[SessionT]):
@@ -68,6 +70,10 @@ class SessionSTTService(STTService, Generic[SessionT]):
     @abstractmethod
     async def _finish(self) -> None:
         """At shutdown, after the tasks and the session are gone: close the open turn."""
+
+    def _uplink_width(self) -> int:
+        """Bytes per sample of the uplink encoding (2: 16-bit PCM)."""
+        return 2
 
     # -- lifecycle ---------------------------------------------------------------------------
     def _start_tasks(self, prefix: str) -> None:
@@ -129,3 +135,16 @@ class SessionSTTService(STTService, Generic[SessionT]):
                 return
             self._sent += len(data)
             self._last_send = time.monotonic()
+
+    async def _replay(self) -> None:
+        """Send the backlog faster than real time, in 100 ms messages; a failed send raises
+        (``ConnectionClosed`` or ``OSError``) and leaves the rest for the next connection."""
+        assert self._backlog is not None
+        step = max(1, int(_REPLAY_CHUNK_S * self.sample_rate * self._uplink_width()))
+        while self._conn is not None and self._sent < self._backlog.position:
+            async with self._send_lock:
+                data = self._backlog.since(self._sent)[:step]
+                await self._send(self._conn, data)
+                self._sent += len(data)
+                self._last_send = time.monotonic()
+            await asyncio.sleep(0)

@@ -95,7 +95,6 @@ __all__ = [
 #: Who ends an utterance: the client's finalise request (confirmed) or the server's commit.
 EndOfTurn: TypeAlias = Literal["flush", "server"]
 
-_REPLAY_CHUNK_S = 0.1
 
 
 # -- what a backend says, normalised ---------------------------------------------------------
@@ -529,10 +528,6 @@ class VADTurnSTTService(SessionSTTService[Any]):
         """Pipeline PCM -> uplink bytes (default: unchanged)."""
         return audio
 
-    def _uplink_width(self) -> int:
-        """Bytes per sample of the uplink encoding."""
-        return 2
-
     def _classify(self, exc: BaseException) -> ErrorFlags:
         """Flags for an error; override to classify protocol-specific codes."""
         return classify_error(exc)
@@ -713,18 +708,6 @@ class VADTurnSTTService(SessionSTTService[Any]):
         if not self._stopping:
             await self._lost(reason)
         return failure
-
-    async def _replay(self) -> None:
-        """Send the backlog faster than real time, in 100 ms messages."""
-        assert self._backlog is not None
-        step = max(1, int(_REPLAY_CHUNK_S * self.sample_rate * self._uplink_width()))
-        while self._conn is not None and self._sent < self._backlog.position:
-            async with self._send_lock:
-                data = self._backlog.since(self._sent)[:step]
-                await self._send(self._conn, data)
-                self._sent += len(data)
-                self._last_send = time.monotonic()
-            await asyncio.sleep(0)
 
     async def _receive(self, session: Any) -> tuple[str, Reson8Error | None]:
         """Read until the connection ends; returns why, and the error that ended it."""

@@ -22,6 +22,7 @@ optional local-first barge-in. The policy lives in :class:`reson8_voice.arbiter.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import time
@@ -94,7 +95,6 @@ DEFAULT_LOCAL_URL = "ws://127.0.0.1:8765"
 
 _CONNECTION_BOUND = ("language", "custom_model_id", "include_timestamps", "include_words",
                      "include_language", "patterns")
-_REPLAY_CHUNK_S = 0.1
 _TURN_START_REWIND_S = 0.6
 _MIN_TURN_GAP_S = 0.1
 
@@ -318,7 +318,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
         else:
             self._encoding = "pcm_s16le"
         self._params()  # validate before any connection is tried
-        width = 1 if self._encoder else 2
+        width = self._uplink_width()
         self._backlog = AudioBacklog(int(self._replay_buffer_s * rate * width))
         self._vad = PipelineVad(rate, *self._vad_args)
         self._start_tasks("reson8")
@@ -333,6 +333,10 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
 
     async def _close_session(self, session: Reson8Connection[TurnsParams]) -> None:
         await session.close()
+
+    def _uplink_width(self) -> int:
+        """1 for the G.711 uplink, 2 for PCM."""
+        return 1 if self._encoder else 2
 
     async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:  # type: ignore[override]
         """Apply a settings delta; connection-bound changes reconnect between turns."""
@@ -435,7 +439,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             if replay > 0:
                 logger.info(f"reson8: replaying {replay} bytes of audio after the outage")
                 self.stats["replayed_bytes"] += replay
-                await self._replay()
+                with contextlib.suppress(ConnectionClosed, OSError):
+                    await self._replay()  # a drop mid-replay: the reader reports why
                 await self._apply(self.arbiter.replay_done(time.monotonic()))
             self._healthy.set()
             await self._pump()  # what arrived while the replay was going out
@@ -453,20 +458,6 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             await self._apply(self.arbiter.connection_paused(time.monotonic()))
         elif not self._stopping:
             await self._lost(reason)
-
-    async def _replay(self) -> None:
-        """Send the backlog faster than real time, in 100 ms messages."""
-        assert self._backlog is not None
-        step = max(1, int(_REPLAY_CHUNK_S * self.sample_rate * (1 if self._encoder else 2)))
-        while self._conn is not None and self._sent < self._backlog.position:
-            async with self._send_lock:
-                data = self._backlog.since(self._sent)[:step]
-                try:
-                    await self._conn.send_audio(data)
-                except (ConnectionClosed, OSError):
-                    return
-                self._sent += len(data)
-            await asyncio.sleep(0)
 
     async def _receive(self, conn: Reson8Connection[TurnsParams]) -> str:
         """Read events until the connection ends; returns why it ended."""
@@ -497,7 +488,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
 
     def _ms_to_pos(self, ms: float) -> int:
         """Backlog position of stream time ``ms`` (both count from the call's start)."""
-        return int(ms * self.sample_rate / 1000) * (1 if self._encoder else 2)
+        return int(ms * self.sample_rate / 1000) * self._uplink_width()
 
     def _speech_in(self, start: int) -> bool:
         """Whether the local VAD heard enough speech after ``start`` that the server, given
@@ -516,7 +507,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             return  # the speech after the candidate is not answered for yet
         position = self._sent
         if isinstance(event, TurnStart):
-            width = 1 if self._encoder else 2
+            width = self._uplink_width()
             position -= int(_TURN_START_REWIND_S * self.sample_rate * width)
         self._anchor = max(self._anchor, position)
 
@@ -549,7 +540,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
 
     async def _on_local_turn(self, turn: CompletedTurn, end_ms: float) -> None:
         """A turn the in-process engine finished during the outage: its text, at once."""
-        width = 1 if self._encoder else 2
+        width = self._uplink_width()
         self._anchor = max(self._anchor, self._local_base
                            + int(end_ms * self.sample_rate / 1000) * width)
         await self._apply([FinalTranscript(turn)])
