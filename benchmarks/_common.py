@@ -37,6 +37,21 @@ FRAME_MS = 20
 ULAW_SILENCE = b"\xff"
 
 
+def bench_loop() -> str:
+    """The event loop a benchmark runs on: ``$RESON8_BENCH_LOOP`` (``auto``, ``asyncio`` or
+    ``uvloop``; default ``auto``, as the CLI), resolved. Subprocesses inherit the variable."""
+    from reson8_voice.eventloop import resolve_event_loop
+
+    return resolve_event_loop(os.environ.get("RESON8_BENCH_LOOP", "auto"))
+
+
+def run_loop(main: Any) -> Any:
+    """``asyncio.run(main)`` on :func:`bench_loop`'s event loop."""
+    from reson8_voice.eventloop import run
+
+    return run(main, bench_loop())
+
+
 def quiet_logs(level: str = "WARNING") -> None:
     """Send loguru (pipecat's and ours) to stderr at ``level`` only: tables stay readable."""
     from loguru import logger
@@ -435,7 +450,7 @@ class ServerProcess:
                    "--workers", str(self.workers)]
         else:
             cmd = [sys.executable, "-m", "reson8_voice", "serve", "--port", "0",
-                   "--workers", str(self.workers)]
+                   "--workers", str(self.workers), "--loop", bench_loop()]
         env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
         env.pop("RESON8_API_KEY", None)
         t0 = time.monotonic()
@@ -567,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve_scripted(args.port, args.workers))
+        run_loop(_serve_scripted(args.port, args.workers))
     return 0
 
 

@@ -62,6 +62,7 @@ from _common import (
     Clip,
     Score,
     ServerProcess,
+    bench_loop,
     fixture_clip,
     fmt_s,
     fmt_x,
@@ -72,6 +73,7 @@ from _common import (
     p90,
     paced,
     quiet_logs,
+    run_loop,
     score_turns,
     spread_clip,
     summary_row,
@@ -558,13 +560,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_logs()
     t0 = time.monotonic()
     print(f"reson8-voice engine benchmark ({'quick' if args.quick else 'full'}); "
-          f"{machine_line()}")
+          f"{machine_line()}, {bench_loop()} event loop for the server part")
     print()
     latency_part(QUICK_FIXTURES if args.quick else FULL_FIXTURES)
     if not args.no_server:
         spread = args.spread if args.spread is not None else (2.0 if args.quick else 5.0)
-        asyncio.run(server_part(args.quick, args.max_sessions,
-                                budget_s=20 if args.quick else 150, spread_s=spread))
+        run_loop(server_part(args.quick, args.max_sessions,
+                             budget_s=20 if args.quick else 150, spread_s=spread))
     print(f"done in {time.monotonic() - t0:.0f} s")
     return 0
 

@@ -55,11 +55,13 @@ from _common import (
     Score,
     ServerProcess,
     TurnScore,
+    bench_loop,
     fmt_s,
     machine_line,
     med,
     p90,
     quiet_logs,
+    run_loop,
     score_turns,
     summary_row,
     table,
@@ -604,6 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-passthrough", action="store_true",
                         help="audio_passthrough=False: audio frames stop at the service "
                         "(pipecat's default passes them on to the rest of the pipeline)")
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=None,
+                        help="event loop of the calls and the server (default "
+                        "$RESON8_BENCH_LOOP or auto: uvloop when installed)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
@@ -612,22 +617,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet_logs("ERROR")
     if args.no_passthrough:
         os.environ["RESON8_BENCH_PASSTHROUGH"] = "0"
+    if args.loop:
+        os.environ["RESON8_BENCH_LOOP"] = args.loop
     if args.worker:
         indices = [int(i) for i in args.indices.split(",") if i]
-        asyncio.run(worker_main(args.worker, indices, args.total, args.duration, args.sample))
+        run_loop(worker_main(args.worker, indices, args.total, args.duration, args.sample))
         return 0
     t0 = time.monotonic()
     print(f"reson8-voice load benchmark ({'quick' if args.quick else 'full'}); "
-          f"{machine_line()}")
+          f"{machine_line()}, {bench_loop()} event loop")
     print()
     calls = args.calls or (10 if args.quick else TARGET_CALLS)
     procs = args.procs or min(4, os.cpu_count() or 1)
     duration = args.duration or (15.0 if args.quick else 60.0)
     if not args.real:
-        asyncio.run(scripted_mode(calls, duration, args.per_call, min(procs, calls)))
+        run_loop(scripted_mode(calls, duration, args.per_call, min(procs, calls)))
     if not args.scripted:
         ladder = [2, 4] if args.quick else [2, 4, 8, 12, 16, 24]
-        asyncio.run(real_mode(ladder, 12.0 if args.quick else 25.0,
+        run_loop(real_mode(ladder, 12.0 if args.quick else 25.0,
                               budget_s=15 if args.quick else 120, per_call=args.per_call,
                               procs=procs))
     print(f"done in {time.monotonic() - t0:.0f} s")

@@ -19,6 +19,7 @@ from typing import Any
 from .auth import Secret
 from .client import is_loopback
 from .errors import ConnectionClosed, HandshakeError, Reson8Error, Unauthorized
+from .eventloop import EVENT_LOOPS, resolve_event_loop, run
 
 __all__ = ["main"]
 
@@ -27,6 +28,11 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_REFUSED, EXIT_CONNECTION = 0, 1, 2, 3, 4
 
 def _err(message: str) -> None:
     print(f"reson8-voice: error: {message}", file=sys.stderr)
+
+
+def _add_loop_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--loop", choices=EVENT_LOOPS, default="auto",
+                   help="event loop (default auto: uvloop when installed, else asyncio)")
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,6 +49,12 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--workers", type=int, default=2, help="inference threads (default 2)")
     p.add_argument("--max-session-s", type=float, default=3600.0,
                    help="longest session in seconds (default 3600)")
+    _add_loop_option(p)
+
+
+def _running_loop_name() -> str:
+    """``asyncio`` or ``uvloop``: the loop actually running (what the log line reports)."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -61,7 +73,7 @@ async def _serve(args: argparse.Namespace) -> int:
     server = Reson8Server(config, models.run)
     await server.start()
     print(f"reson8-voice: serving {server.url}/v1/speech-to-text/turns and /realtime"
-          f"{' (API key required)' if key else ''}", flush=True)
+          f"{' (API key required)' if key else ''} on {_running_loop_name()}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,6 +114,7 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                    help="a CTranslate2 Whisper model directory for the embedded server")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also print marks and library logs")
+    _add_loop_option(p)
 
 
 def _transcribe_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -133,6 +146,7 @@ def _transcribe_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
                           help="always draw the progress bar (on stderr)")
     progress.add_argument("--no-progress", dest="progress", action="store_false",
                           help="never draw it (default: on a terminal, for files over 15 s)")
+    _add_loop_option(p)
 
 
 def _configure_logging(verbose: bool, log_file: Path | None = None,
@@ -270,7 +284,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command != "demo":  # the demo logs to its report folder
         _configure_logging(False, quiet_level="INFO" if args.command == "serve" else "ERROR")
     try:
-        return asyncio.run(_COMMANDS[args.command](args))
+        loop = resolve_event_loop(args.loop)  # before the coroutine exists
+        return run(_COMMANDS[args.command](args), loop)
     except KeyboardInterrupt:
         return EXIT_OK
     except Unauthorized as exc:

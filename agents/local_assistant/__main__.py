@@ -12,6 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from reson8_voice.eventloop import EVENT_LOOPS, run
+
 from .assistant import (
     AssistantConfig,
     build_assistant,
@@ -71,7 +73,10 @@ if __name__ == "__main__":
                         help="with --file: play it this many times faster")
     parser.add_argument("--url", default=None, help="turns server (default: embedded)")
     parser.add_argument("--eager", action="store_true", help="eager end of turn")
+    parser.add_argument("--loop", choices=EVENT_LOOPS, default="auto",
+                        help="event loop (default auto: uvloop when installed)")
     try:
-        sys.exit(asyncio.run(main(parser.parse_args())))
+        cli_args = parser.parse_args()
+        sys.exit(run(main(cli_args), cli_args.loop))
     except KeyboardInterrupt:
         sys.exit(0)
