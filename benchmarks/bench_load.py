@@ -164,6 +164,10 @@ class Call:
         self.stt = Reson8TurnsSTTService(url=url, audio_passthrough=passthrough)
         self.harness = Harness([self.stt], sample_rate=RATE, lean=True)
         self.connected = asyncio.Event()
+        #: set once every frame of the call has reached run_stt (a run that fell behind
+        #: is drained before it is scored, so its last turns are not counted as unended)
+        self.drained = asyncio.Event()
+        self.frames = len(audio.pcm16) // (RATE * 20 // 1000 * 2)
         self.result = CallResult(audio.name)
         self.fallbacks: list[tuple[float, str]] = []
         self.t0 = 0.0
@@ -184,6 +188,8 @@ class Call:
             # online statistics: a per-frame list would grow the heap all call long
             late = time.monotonic() - (self.t0 + (res.reached + 1) * 0.02)
             res.reached += 1
+            if res.reached >= self.frames:
+                self.drained.set()
             hist[min(HIST_BINS - 1, max(0, int(late * 1000)))] += 1
             res.lateness_max = max(res.lateness_max, late)
             if late > LATE_S:
@@ -309,7 +315,12 @@ async def _calls_here(url: str, indices: Sequence[int], total: int, duration_s: 
     fed = await asyncio.gather(*(c.feed(t0 + 0.02 * i / total)
                                  for i, c in zip(indices, calls, strict=True)),
                                return_exceptions=True)
-    await asyncio.sleep(2.0)  # the last turn's events
+    drained = asyncio.gather(*(c.drained.wait() for c in calls))
+    try:  # a run that fell behind catches up first (bounded), then the last turn's events
+        await asyncio.wait_for(drained, 60)
+    except TimeoutError:
+        pass
+    await asyncio.sleep(2.0)
     await sampler.stop()
     PAUSES.append(await watch.stop())
     results, failures = [], 0
