@@ -17,7 +17,7 @@ turns do not line up. The server runs in a subprocess:
   silence ceiling): this isolates transport and turn logic. Target: 50 calls for 10 minutes
   with no error, no late frame and memory flat within 10 % after warm-up.
 * ``--real``: ``python -m reson8_voice serve --port 0`` (Whisper tiny.en + smart-turn v3):
-  N = 2, 4, 8, 12, ... calls until the candidate p90 passes 1 s (the knee).
+  N = 2, 4, 6, 8, 12, ... calls until the candidate p90 passes 1 s (the knee).
 
 Reported: per-call turn latencies (speech end -> ``InterimTranscriptionFrame``, the
 candidate, and -> ``ProposedUserStoppedSpeakingFrame``, the end of turn; speech onset ->
@@ -644,7 +644,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.real:
         run_loop(scripted_mode(calls, duration, args.per_call, min(procs, calls)))
     if not args.scripted:
-        ladder = [2, 4] if args.quick else [2, 4, 8, 12, 16, 24]
+        ladder = [2, 4] if args.quick else [2, 4, 6, 8, 12, 16, 24]
         run_loop(real_mode(ladder, 12.0 if args.quick else 25.0,
                               budget_s=15 if args.quick else 120, per_call=args.per_call,
                               procs=procs))
