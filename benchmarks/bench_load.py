@@ -167,7 +167,8 @@ class Call:
         #: set once every frame of the call has reached run_stt (a run that fell behind
         #: is drained before it is scored, so its last turns are not counted as unended)
         self.drained = asyncio.Event()
-        self.frames = len(audio.pcm16) // (RATE * 20 // 1000 * 2)
+        self.frame_bytes = RATE * 20 // 1000 * 2
+        self.frames = len(audio.pcm16) // self.frame_bytes
         self.result = CallResult(audio.name)
         self.fallbacks: list[tuple[float, str]] = []
         self.t0 = 0.0
@@ -211,14 +212,13 @@ class Call:
         from pipecat.frames.frames import InputAudioRawFrame
 
         self.t0 = t0
-        pcm, size = self.audio.pcm16, RATE * 20 // 1000 * 2
-        count = len(pcm) // size
-        for i in range(count):  # sliced as sent: no list of 30,000 frames on the heap
+        pcm, size = self.audio.pcm16, self.frame_bytes
+        for i in range(self.frames):  # sliced as sent: no list of 30,000 frames on the heap
             delay = t0 + (i + 1) * 0.02 - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
             await self.harness.send(InputAudioRawFrame(pcm[i * size:(i + 1) * size], RATE, 1))
-        return count
+        return self.frames
 
     async def finish(self, queued: int) -> CallResult:
         from pipecat.frames.frames import (
@@ -601,6 +601,8 @@ async def real_mode(ladder: list[int], trial_s: float, budget_s: float, per_call
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the load benchmark and print its tables; returns 0 (targets are reported, not
     asserted)."""
+    from reson8_voice.eventloop import EVENT_LOOPS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--scripted", action="store_true", help="only the scripted soak")
@@ -617,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-passthrough", action="store_true",
                         help="audio_passthrough=False: audio frames stop at the service "
                         "(pipecat's default passes them on to the rest of the pipeline)")
-    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default=None,
+    parser.add_argument("--loop", choices=EVENT_LOOPS, default=None,
                         help="event loop of the calls and the server (default "
                         "$RESON8_BENCH_LOOP or auto: uvloop when installed)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
