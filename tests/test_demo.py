@@ -80,7 +80,10 @@ async def test_demo_call_prints_a_timeline_and_writes_the_report(tmp_path: Path)
     assert result.summary.barge_ins == 0
     row = result.summary.turns[0]
     assert row.end_latency_s is not None and row.response_latency_s is not None
-    assert 0 < row.end_latency_s <= row.response_latency_s < 3.0
+    assert 0 < row.end_latency_s <= row.response_latency_s, text
+    # committed by the server's end-of-turn path, not by the watchdog's local fallback; how
+    # soon is the benchmarks' job (a wall-clock bound here failed once in CI under steal)
+    assert result.summary.fallbacks == 0 and row.early_ends == 0, text
     assert result.report is not None and result.report.name == "timeline.html"
     folder = result.report.parent
     assert folder.parent == tmp_path

@@ -103,8 +103,10 @@ def test_every_spoken_turn_is_transcribed_once_after_its_end(calls: dict[str, Ca
             continue
         # scripted recognition: one word per 250 ms of the turn's audio
         assert row.heard and row.heard.startswith("w0")
-        assert row.end_latency_s is not None and 0 < row.end_latency_s < 2.5
+        assert row.end_latency_s is not None and row.end_latency_s > 0
         assert row.early_ends == 0
+    # every turn was committed by the server, none by the watchdog's local fallback
+    assert summary.fallbacks == 0
 
 
 def test_barge_in_sends_twilio_clear_while_the_bot_speaks(calls: dict[str, Call]) -> None:
