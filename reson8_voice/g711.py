@@ -13,6 +13,7 @@ the next call.
 
 from __future__ import annotations
 
+import math
 import sys
 import warnings
 from collections.abc import Callable
@@ -41,6 +42,7 @@ __all__ = [
     "alaw_encode",
     "decode",
     "encode",
+    "pcm16_dbfs",
     "pcm16_rms",
     "ulaw_decode",
     "ulaw_encode",
@@ -236,5 +238,25 @@ class G711Decoder:
 
 
 def pcm16_rms(pcm: BytesLike) -> int:
-    """Root mean square of s16le PCM samples (audioop; well under 1 us per 20 ms frame)."""
-    return int(_rms(pcm, 2))
+    """Root mean square of s16le PCM samples, rounded down (audioop; well under 1 us per
+    20 ms frame); 0 for no samples.
+
+    Raises:
+        AudioFormatError: ``pcm`` has an odd number of bytes.
+    """
+    try:
+        return int(_rms(pcm, 2))
+    except _AudioopError:
+        raise _odd_length(pcm) from None
+
+
+def pcm16_dbfs(pcm: BytesLike) -> float:
+    """The level of s16le PCM samples in dBFS: :func:`pcm16_rms` against full scale (32768),
+    ``-inf`` for digital silence or no samples. Rounding the RMS down moves a level by under
+    0.25 dB above -60 dBFS.
+
+    Raises:
+        AudioFormatError: ``pcm`` has an odd number of bytes.
+    """
+    rms = pcm16_rms(pcm)
+    return 20.0 * math.log10(rms / 32768.0) if rms > 0 else -math.inf

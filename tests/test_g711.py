@@ -14,6 +14,7 @@ spells that out, and the exhaustive tests hold it to every one of the 65,536 inp
 
 from __future__ import annotations
 
+import math
 import random
 import struct
 import subprocess
@@ -270,3 +271,20 @@ def test_decoder_matches_function(law: g711.Law) -> None:
     assert dec.decode(ALL_CODES) == DECODE[law](ALL_CODES)
     assert dec.flush() == b""
     assert law in repr(dec)
+
+
+def test_pcm16_level_helpers_match_a_float_reference() -> None:
+    rng = random.Random(7)
+    for amplitude in (1, 30, 100, 1000, 10000, 32767):
+        samples = [rng.randint(-amplitude, amplitude) for _ in range(160)]
+        pcm = struct.pack(f"<{len(samples)}h", *samples)
+        exact = math.sqrt(sum(x * x for x in samples) / len(samples))
+        assert g711.pcm16_rms(pcm) == int(exact)  # rounded down, never up
+        if int(exact) > 0:
+            assert g711.pcm16_dbfs(pcm) == pytest.approx(20 * math.log10(int(exact) / 32768))
+    full_scale = struct.pack("<4h", 32767, -32768, 32767, -32768)
+    assert g711.pcm16_dbfs(full_scale) == pytest.approx(0.0, abs=1e-3)
+    assert g711.pcm16_dbfs(b"\x00\x00" * 160) == g711.pcm16_dbfs(b"") == -math.inf
+    for helper in (g711.pcm16_rms, g711.pcm16_dbfs):
+        with pytest.raises(AudioFormatError, match="odd length"):
+            helper(b"\x00" * 321)

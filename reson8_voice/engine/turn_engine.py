@@ -23,7 +23,6 @@ an illegal sequence is a bug that raises, never a message on the wire.
 from __future__ import annotations
 
 import bisect
-import math
 from collections import deque
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 import webrtcvad
 
+from .. import g711
 from ..errors import AudioFormatError, InvalidRequest
 from ..events import (
     Event,
@@ -202,15 +202,6 @@ def _runs(voiced: bool, voiced_run: int, unvoiced_run: int, step: int) -> tuple[
     return (voiced_run + step, 0) if voiced else (0, unvoiced_run + step)
 
 
-def _dbfs(frame: np.ndarray[Any, np.dtype[np.int16]]) -> float:
-    """RMS level in dBFS (a dot product: ~4 us a 20 ms frame, against ~13 for np.mean)."""
-    if frame.size == 0:
-        return -math.inf
-    samples = frame.astype(np.float64)
-    power = float(samples @ samples) / samples.size
-    return 10.0 * math.log10(power / 1073741824.0) if power > 0 else -math.inf
-
-
 class _Engine:
     """Frames the audio, classifies each frame, and runs the subclass's logic generator."""
 
@@ -317,7 +308,7 @@ class _Engine:
         del self._inbox[: self._frame_bytes]
         self._consumed += self._frame_bytes
         self.frames_processed += 1
-        level = max(_dbfs(np.frombuffer(frame, dtype=np.int16)), -100.0)
+        level = max(g711.pcm16_dbfs(frame), -100.0)
         self._levels.append(level)
         floor = self._floor_after(level)
         speech = (self._silero.is_speech(frame) if self._silero is not None
