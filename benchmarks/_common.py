@@ -283,28 +283,43 @@ class Score:
 def score_turns(turns: Sequence[GtTurn], *, starts: Iterable[float] = (),
                 candidates: Iterable[float] = (), ends: Iterable[float] = (),
                 onset_slack_ms: float = 300.0) -> Score:
-    """Match event times (stream ms) to ground-truth turns.
+    """Match event times (ms from the stream's start, as they arrived) to ground-truth turns.
 
-    - onset: the first start in [turn start - slack, turn end);
-    - cut: an end decided after the turn began and before its speech ended (the caller was
-      mid-turn, in a pause, and would have been answered too early);
-    - end: the first end at or after the turn's speech end and before the next turn;
+    Events arrive in stream order (a turn's end before the next turn's start), so a turn's
+    window closes at the next turn's start *event*, not at its ground-truth start: on a
+    starved machine an end can arrive after the next turn has begun and still be this one's.
+
+    - onset: the first start in [turn start - slack, turn end), or up to this turn's end
+      event for a start that arrived late (a one-word turn, under load);
+    - cut: an end decided after this turn's start event and before its speech ended (the
+      caller was mid-turn, in a pause, and would have been answered too early);
+    - end: the first end at or after the turn's speech end and before the next turn's
+      start event (its ground-truth start, when none came);
     - candidate: the last candidate in [last segment start, that end] (the one that
       carried the whole turn), or the first one after the last segment start when no end.
     """
     s, c, e = sorted(starts), sorted(candidates), sorted(ends)
     out = Score()
     matched: set[int] = set()
+
+    def first_start(t: GtTurn) -> float | None:
+        return next((x for x in s if x >= t.start_ms - onset_slack_ms), None)
+
     for k, t in enumerate(turns):
-        nxt = turns[k + 1].start_ms if k + 1 < len(turns) else math.inf
+        nxt = math.inf
+        if k + 1 < len(turns):
+            nxt_event = first_start(turns[k + 1])
+            nxt = turns[k + 1].start_ms if nxt_event is None else max(
+                nxt_event, turns[k + 1].start_ms)
         ts = TurnScore(t)
-        for i, x in enumerate(s):
-            if t.start_ms - onset_slack_ms <= x < t.end_ms:
-                matched.add(i)
-                if ts.onset_ms is None:
-                    ts.onset_ms = x - t.start_ms
-        ts.cuts = sum(1 for x in e if t.start_ms < x < t.end_ms)
         end = next((x for x in e if t.end_ms <= x < nxt), None)
+        until = t.end_ms if end is None else max(t.end_ms, end)
+        mine = [i for i, x in enumerate(s) if t.start_ms - onset_slack_ms <= x < until]
+        matched.update(mine)
+        if mine:
+            ts.onset_ms = s[mine[0]] - t.start_ms
+        began = s[mine[0]] if mine else t.start_ms
+        ts.cuts = sum(1 for x in e if max(began, t.start_ms) < x < t.end_ms)
         if end is not None:
             ts.end_ms = end - t.end_ms
             within = [x for x in c if t.last_segment_start_ms <= x <= end]
