@@ -162,7 +162,9 @@ class Call:
         # at the service instead of flowing on through the pipeline, as pipecat's default
         passthrough = os.environ.get("RESON8_BENCH_PASSTHROUGH", "1") != "0"
         self.stt = Reson8TurnsSTTService(url=url, audio_passthrough=passthrough)
-        self.harness = Harness([self.stt], sample_rate=RATE, lean=True)
+        self.times = event_times()
+        self.harness = Harness([self.stt, self.times], sample_rate=RATE, lean=True,
+                               record=False)
         self.connected = asyncio.Event()
         #: set once every frame of the call has reached run_stt (a run that fell behind
         #: is drained before it is scored, so its last turns are not counted as unended)
@@ -221,29 +223,52 @@ class Call:
         return self.frames
 
     async def finish(self, queued: int) -> CallResult:
-        from pipecat.frames.frames import (
-            ErrorFrame,
-            InterimTranscriptionFrame,
-            ProposedUserStartedSpeakingFrame,
-            ProposedUserStoppedSpeakingFrame,
-        )
-
         await self.harness.stop()
-        res = self.result
+        res, times = self.result, self.times
         res.queued, res.stats, res.fallbacks = queued, dict(self.stt.stats), list(self.fallbacks)
-        starts, cands, ends = [], [], []
-        for t, frame in self.harness.recorder.frames:
-            ms = (t - self.t0) * 1000
-            if isinstance(frame, ProposedUserStartedSpeakingFrame):
-                starts.append(ms)
-            elif isinstance(frame, InterimTranscriptionFrame):
-                cands.append(ms)
-            elif isinstance(frame, ProposedUserStoppedSpeakingFrame):
-                ends.append(ms)
-            elif isinstance(frame, ErrorFrame):
-                res.errors += 1
-        res.score = score_turns(self.audio.turns, starts=starts, candidates=cands, ends=ends)
+        res.errors = times.errors
+
+        def ms(ts: list[float]) -> list[float]:
+            return [(t - self.t0) * 1000 for t in ts]
+
+        res.score = score_turns(self.audio.turns, starts=ms(times.starts),
+                                candidates=ms(times.candidates), ends=ms(times.ends))
         return res
+
+
+def event_times() -> Any:
+    """A processor that notes when each turn frame passed (monotonic floats only), so a
+    10-minute call keeps no frames alive and the collector's full passes stay short."""
+    from pipecat.frames.frames import (
+        ErrorFrame,
+        Frame,
+        InterimTranscriptionFrame,
+        ProposedUserStartedSpeakingFrame,
+        ProposedUserStoppedSpeakingFrame,
+    )
+    from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
+
+    class EventTimes(FrameProcessor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.starts: list[float] = []
+            self.candidates: list[float] = []
+            self.ends: list[float] = []
+            self.errors = 0
+
+        async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
+            await super().process_frame(frame, direction)
+            if isinstance(frame, ProposedUserStartedSpeakingFrame):
+                self.starts.append(time.monotonic())
+            elif isinstance(frame, InterimTranscriptionFrame):
+                self.candidates.append(time.monotonic())
+            elif isinstance(frame, ProposedUserStoppedSpeakingFrame):
+                self.ends.append(time.monotonic())
+            elif isinstance(frame, ErrorFrame):
+                self.errors += 1
+            await self.push_frame(frame, direction)
+
+    return EventTimes()
 
 
 #: per calls process: its event loop's worst lag per minute and its garbage collections

@@ -22,14 +22,15 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 class Recorder(FrameProcessor):
     """The pipeline's last processor: records every frame that reaches it, with a time."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = True) -> None:
         super().__init__()
         self.frames: list[tuple[float, Frame]] = []
         self.changed = asyncio.Event()
+        self._keep = keep
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
         await super().process_frame(frame, direction)
-        if not isinstance(frame, StartFrame | InputAudioRawFrame):
+        if self._keep and not isinstance(frame, StartFrame | InputAudioRawFrame):
             self.frames.append((time.monotonic(), frame))
             self.changed.set()
         await self.push_frame(frame, direction)
@@ -39,12 +40,13 @@ class Harness:
     """Run ``processors`` in a pipeline at ``sample_rate`` until :meth:`stop`."""
 
     def __init__(self, processors: list[FrameProcessor], sample_rate: int = 8000, *,
-                 lean: bool = False) -> None:
+                 lean: bool = False, record: bool = True) -> None:
         """``lean`` drops the worker's default observers (RTVI, turn tracking, idle
         detection), which copy every frame to a queue each: a dense deployment's choice,
         and the load benchmark's, so it measures the service rather than pipecat's
-        observers."""
-        self.recorder = Recorder()
+        observers. ``record=False`` keeps no frames (a long run that records what it needs
+        itself: every kept transcript frame is heap the collector walks on a full pass)."""
+        self.recorder = Recorder(keep=record)
         self.pipeline = Pipeline([*processors, self.recorder])
         extra: dict[str, Any] = ({"enable_rtvi": False, "enable_turn_tracking": False,
                                   "idle_timeout_secs": None} if lean else {})
