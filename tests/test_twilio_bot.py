@@ -109,6 +109,18 @@ def test_every_spoken_turn_is_transcribed_once_after_its_end(calls: dict[str, Ca
     assert summary.fallbacks == 0
 
 
+def test_a_finished_call_releases_its_pipeline_and_is_counted(calls: dict[str, Call]) -> None:
+    from fastapi.testclient import TestClient
+
+    call = calls["conversation"]
+    session = call.app.state.sessions[-1]
+    # the pipeline (services, buffers) is dropped when the call ends; the context stays
+    assert session.worker is None and session.context is not None
+    assert call.app.state.sessions.maxlen == 16  # a long-running bot keeps only recent calls
+    health = TestClient(call.app).get("/health").json()
+    assert health["status"] == "ok" and health["calls"] == 1 and health["active_calls"] == 0
+
+
 def test_barge_in_sends_twilio_clear_while_the_bot_speaks(calls: dict[str, Call]) -> None:
     call = calls["conversation"]
     barge = next(t for t in call.timeline.turns if "barge_in" in t.tags)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+from collections import deque
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import quoteattr
@@ -57,16 +58,20 @@ def _ws_url(config: BotConfig, request: Request) -> str:
     return f"{scheme}://{host}/ws"
 
 
-def create_app(config: BotConfig | None = None, *, observer: Observer | None = None) -> FastAPI:
+def create_app(config: BotConfig | None = None, *, observer: Observer | None = None,
+               recent_calls: int = 16) -> FastAPI:
     """Build the app. ``observer(kind, data)`` receives every call event (the demo uses it).
 
-    ``app.state.sessions`` keeps the finished :class:`CallSession` objects, newest last.
+    ``app.state.sessions`` keeps the last ``recent_calls`` finished :class:`CallSession`
+    objects, newest last (their pipelines released; each keeps its LLM context, so the
+    conversation, until it is pushed out): a bot that runs for weeks holds no more.
     """
     cfg = config or BotConfig.from_env()
     app = FastAPI(title="reson8-voice Twilio bot", docs_url=None, redoc_url=None)
     app.state.config = cfg
-    app.state.sessions = []
+    app.state.sessions = deque(maxlen=recent_calls)
     app.state.active_calls = 0
+    app.state.finished_calls = 0
 
     async def twiml(request: Request) -> Response:
         params: dict[str, str] = {}
@@ -98,7 +103,7 @@ def create_app(config: BotConfig | None = None, *, observer: Observer | None = N
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "active_calls": app.state.active_calls,
-                "calls": len(app.state.sessions), "services": cfg.describe()}
+                "calls": app.state.finished_calls, "services": cfg.describe()}
 
     @app.websocket("/ws")
     async def media_stream(websocket: WebSocket) -> None:
@@ -126,6 +131,7 @@ def create_app(config: BotConfig | None = None, *, observer: Observer | None = N
             app.state.sessions.append(session)
         finally:
             app.state.active_calls -= 1
+            app.state.finished_calls += 1
 
     return app
 

@@ -318,7 +318,10 @@ async def run_call(websocket: WebSocket, call_data: Mapping[str, Any], config: B
                  services=config.describe())
     runner = WorkerRunner(handle_sigint=False)
     await runner.add_workers(worker)
-    await runner.run()
+    try:
+        await runner.run()
+    finally:
+        session.worker = None  # the call is over: its pipeline (services, buffers) can go
     session.emit("call_ended", ended_by=session.ended_by or "unknown",
                  heard_marks=sum(1 for m in session.ledger.marks.values() if m.heard),
                  flushed_marks=sum(1 for m in session.ledger.marks.values()
