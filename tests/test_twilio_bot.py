@@ -196,6 +196,22 @@ def test_bot_hangs_up_after_the_farewell_was_heard(calls: dict[str, Call]) -> No
     assert call.app.state.sessions[-1].ended_by == "bot"
 
 
+def test_startup_freezes_what_is_loaded_out_of_the_collector() -> None:
+    import gc
+
+    from fastapi.testclient import TestClient
+
+    gc.unfreeze()
+    try:
+        with TestClient(create_app(BotConfig(greeting=None), freeze_gc=False)):
+            assert gc.get_freeze_count() == 0
+        with TestClient(create_app(BotConfig(greeting=None))):  # runs the lifespan
+            frozen = gc.get_freeze_count()
+    finally:
+        gc.unfreeze()  # the rest of the suite keeps a normal collector
+    assert frozen > 10_000  # pipecat, fastapi and the app, out of every full collection
+
+
 async def test_twiml_connects_the_call_to_the_media_stream() -> None:
     from fastapi.testclient import TestClient
 

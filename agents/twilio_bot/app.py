@@ -19,9 +19,12 @@ Endpoints:
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import quoteattr
@@ -59,15 +62,29 @@ def _ws_url(config: BotConfig, request: Request) -> str:
 
 
 def create_app(config: BotConfig | None = None, *, observer: Observer | None = None,
-               recent_calls: int = 16) -> FastAPI:
+               recent_calls: int = 16, freeze_gc: bool = True) -> FastAPI:
     """Build the app. ``observer(kind, data)`` receives every call event (the demo uses it).
 
     ``app.state.sessions`` keeps the last ``recent_calls`` finished :class:`CallSession`
     objects, newest last (their pipelines released; each keeps its LLM context, so the
     conversation, until it is pushed out): a bot that runs for weeks holds no more.
+
+    ``freeze_gc``: at startup, move everything loaded so far (modules, models) out of the
+    garbage collector's reach (``gc.freeze()``). A full collection over it stalls every
+    call in the process for tens of milliseconds (about 65 ms measured with this app loaded);
+    after the freeze it walks only what the calls allocate.
     """
     cfg = config or BotConfig.from_env()
-    app = FastAPI(title="reson8-voice Twilio bot", docs_url=None, redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if freeze_gc:
+            gc.collect()
+            gc.freeze()
+        yield
+
+    app = FastAPI(title="reson8-voice Twilio bot", docs_url=None, redoc_url=None,
+                  lifespan=lifespan)
     app.state.config = cfg
     app.state.sessions = deque(maxlen=recent_calls)
     app.state.active_calls = 0
