@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import re
 import signal
 import sys
 from typing import Any
@@ -78,3 +79,8 @@ async def test_serve_on_uvloop_ends_a_real_turn() -> None:
             proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.wait(), 30)
     assert proc.returncode == 0
+    assert proc.stderr is not None
+    log = (await proc.stderr.read()).decode()
+    # what startup loaded (modules, models) is out of every full collection
+    frozen = re.search(r"(\d+) startup objects frozen out of the garbage collector", log)
+    assert frozen and int(frozen.group(1)) > 10_000, log
