@@ -329,8 +329,9 @@ async def _calls_here(url: str, indices: Sequence[int], total: int, duration_s: 
     await asyncio.gather(*(c.start() for c in calls))
     # what setup allocated (modules, pipelines, the calls' audio) lives all run: keep it out
     # of the collector's full passes, whose pauses would otherwise show up as late frames
-    gc.collect()
-    gc.freeze()
+    from reson8_voice.eventloop import freeze_startup_objects
+
+    freeze_startup_objects()
     t0 = await go()
     sampler = ProcSampler({"calls": "self"}, sample_s)
     sampler.start()

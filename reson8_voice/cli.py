@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import sys
@@ -20,7 +19,7 @@ from typing import Any
 from .auth import Secret
 from .client import is_loopback
 from .errors import ConnectionClosed, HandshakeError, Reson8Error, Unauthorized
-from .eventloop import EVENT_LOOPS, resolve_event_loop, run
+from .eventloop import EVENT_LOOPS, freeze_startup_objects, resolve_event_loop, run
 
 __all__ = ["main"]
 
@@ -58,16 +57,6 @@ def _running_loop_name() -> str:
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
-def _freeze_startup_objects() -> None:
-    """Move what startup loaded (modules, models) out of the garbage collector's reach: a
-    full collection over it (~25 ms with the local models) would stall every session."""
-    from loguru import logger
-
-    gc.collect()
-    gc.freeze()
-    logger.info(f"{gc.get_freeze_count()} startup objects frozen out of the garbage collector")
-
-
 async def _serve(args: argparse.Namespace) -> int:
     key = args.api_key or os.environ.get("RESON8_API_KEY") or None
     if key is None and not is_loopback(args.host):
@@ -83,7 +72,10 @@ async def _serve(args: argparse.Namespace) -> int:
                           max_session_s=args.max_session_s)
     server = Reson8Server(config, models.run)
     await server.start()
-    _freeze_startup_objects()
+    from loguru import logger
+
+    frozen = freeze_startup_objects()  # a full collection over the models stalls every session
+    logger.info(f"{frozen} startup objects frozen out of the garbage collector")
     print(f"reson8-voice: serving {server.url}/v1/speech-to-text/turns and /realtime"
           f"{' (API key required)' if key else ''} on {_running_loop_name()}", flush=True)
     stop = asyncio.Event()

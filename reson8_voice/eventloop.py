@@ -10,11 +10,12 @@ Twilio bot) and the standard loop otherwise.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 from collections.abc import Coroutine
 from typing import Any, Literal, TypeAlias, TypeVar
 
-__all__ = ["EVENT_LOOPS", "EventLoopName", "resolve_event_loop", "run"]
+__all__ = ["EVENT_LOOPS", "EventLoopName", "freeze_startup_objects", "resolve_event_loop", "run"]
 
 EventLoopName: TypeAlias = Literal["auto", "asyncio", "uvloop"]
 #: The names :func:`run` accepts (the CLI's ``--loop`` choices).
@@ -49,3 +50,17 @@ def run(main: Coroutine[Any, Any, T], loop: str = "auto") -> T:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         return runner.run(main)
+
+
+def freeze_startup_objects() -> int:
+    """Collect, then move every object alive now (modules, models, pipelines built at
+    startup) out of the garbage collector's reach (``gc.freeze()``); returns their count.
+
+    Call it once a long-running process has loaded what it keeps for life: a full
+    collection walks every tracked object, and over a loaded server or bot (25-65 ms
+    measured) that pause makes every session's audio late at once. After the freeze the
+    collector walks only what the sessions allocate.
+    """
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()

@@ -19,7 +19,6 @@ Endpoints:
 from __future__ import annotations
 
 import base64
-import gc
 import hashlib
 import hmac
 from collections import deque
@@ -32,6 +31,8 @@ from xml.sax.saxutils import quoteattr
 from fastapi import FastAPI, Request, Response, WebSocket
 from loguru import logger
 from pipecat.runner.utils import parse_telephony_websocket
+
+from reson8_voice.eventloop import freeze_startup_objects
 
 from .bot import BotConfig, CallSession, Observer, run_call
 
@@ -79,8 +80,7 @@ def create_app(config: BotConfig | None = None, *, observer: Observer | None = N
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if freeze_gc:
-            gc.collect()
-            gc.freeze()
+            freeze_startup_objects()
         yield
 
     app = FastAPI(title="reson8-voice Twilio bot", docs_url=None, redoc_url=None,

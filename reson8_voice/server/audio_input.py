@@ -17,7 +17,6 @@ are carried over to the next message.
 from __future__ import annotations
 
 import struct
-import sys
 
 import numpy as np
 import soxr
@@ -128,8 +127,8 @@ class AudioInput:
             chunk = g711.ulaw_decode(chunk)
         elif self.encoding == "alaw":
             chunk = g711.alaw_decode(chunk)
-        if self.channels == 1 and self._resampler is None and sys.byteorder == "little":
-            return chunk  # already the engine's audio (the common phone-call case)
+        if self.channels == 1 and self._resampler is None:
+            return chunk  # already the engine's s16le audio (the common phone-call case)
         samples = np.frombuffer(chunk, dtype="<i2")
         if self.channels > 1:
             samples = samples.reshape(-1, self.channels).mean(axis=1).astype(np.int16)
