@@ -48,7 +48,7 @@ def test_silero_option_segments_short_answers() -> None:
 @pytest.mark.parametrize("kwargs", [{"vad": "rnn"}, {"vad_frame_ms": 25},
                                     {"eot_schedule": ((500, 0.5), (300, 0.5))},
                                     {"eot_schedule": ((300, 1.5),)},
-                                    {"max_silence_ms": 100}])
+                                    {"max_silence_ms": 100}, {"eot_lead_ms": -1}])
 def test_config_is_validated(kwargs: dict[str, object]) -> None:
     with pytest.raises(InvalidRequest):
         EngineConfig(**kwargs)  # type: ignore[arg-type]
@@ -103,3 +103,40 @@ def test_a_noise_burst_in_the_pause_does_not_hold_the_turn_open() -> None:
     end = next(t for t, e in events if isinstance(e, TurnEnd) and t > okay.end_ms)
     config = EngineConfig()
     assert end - okay.end_ms <= config.max_silence_ms + config.modulation_window_ms
+
+
+def test_the_end_of_turn_model_is_asked_ahead_and_answers_at_the_checkpoint() -> None:
+    # The model is asked eot_lead_ms before its checkpoint and its answer applied at the
+    # checkpoint, so inference overlaps the silence. With an oracle model (complete only
+    # when asked after a turn's last word), asking ahead changes no event: a pause that
+    # resumes after the question drops the answer (reusing it would end the turn later, at
+    # the ceiling), and every turn ends at its checkpoint, 200 ms of stream after the ask.
+    from reson8_voice.engine.turn_engine import EndOfTurnJob, Job
+
+    fx = load_fixture("call_delivery")
+
+    def drive(lead_ms: int) -> tuple[list[tuple[float, object]], list[float]]:
+        engine = TurnEngine(EngineConfig(eot_schedule=((500, 0.5),), eot_lead_ms=lead_ms),
+                            sample_rate=8000)
+        asked: list[float] = []
+        base = scripted_runner()
+
+        def run(job: Job) -> object:
+            if isinstance(job, EndOfTurnJob):
+                now = engine.stream_ms
+                asked.append(now)
+                return float(any(t.end_ms < now < t.end_ms + 1000 for t in fx.turns))
+            return base(job)
+
+        return run_to_completion(engine, fx.chunks(20, pcm=True), run), asked
+
+    ahead, asked_ahead = drive(200)
+    plain, asked_plain = drive(0)
+    assert ahead == plain
+    ends = [t for t, e in ahead if isinstance(e, TurnEnd)]
+    assert len(ends) == len(fx.turns)
+    for t, turn in zip(ends, fx.turns, strict=True):
+        assert 450 <= t - turn.end_ms < 650  # the checkpoint (500 ms), not the ceiling
+        assert max(a for a in asked_ahead if a <= t) == pytest.approx(t - 200, abs=20)
+    # pauses of 300-500 ms were asked about, then resumed (their answers dropped)
+    assert len(asked_ahead) > len(asked_plain)

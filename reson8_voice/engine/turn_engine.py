@@ -103,11 +103,12 @@ class EngineConfig:
     """Thresholds of the local engines. Times are in milliseconds of stream time.
 
     The end-of-turn schedule is the heart of it: after ``candidate_silence_ms`` of silence a
-    candidate goes out, and at each ``(silence_ms, threshold)`` checkpoint the end-of-turn
-    model is asked again; the turn ends at the first checkpoint whose threshold its
-    probability reaches, and at ``max_silence_ms`` whatever it says. Pipecat's stack judges
-    once at 200 ms and then waits a 3 s fallback; judging again as the silence grows, with a
-    falling bar, recovers the turn ends the model first calls incomplete.
+    candidate goes out, and for each ``(silence_ms, threshold)`` checkpoint the end-of-turn
+    model is asked again (``eot_lead_ms`` ahead of it); the turn ends at the first checkpoint
+    whose threshold its probability reaches, and at ``max_silence_ms`` whatever it says.
+    Pipecat's stack judges once at 200 ms and then waits a 3 s fallback; judging again as the
+    silence grows, with a falling bar, recovers the turn ends the model first calls
+    incomplete.
     """
 
     vad_frame_ms: int = 20
@@ -149,6 +150,11 @@ class EngineConfig:
     #: over; earlier, confident checkpoints can be added for speakers whose prosody the
     #: model reads well (e.g. ``((300, 0.95), (720, 0.5))``).
     eot_schedule: tuple[tuple[int, float], ...] = ((720, 0.5),)
+    #: ask the model this long before each checkpoint, on the turn as it stands then, and
+    #: apply its answer at the checkpoint (unless speech resumed in between): the ~110 ms
+    #: inference overlaps the silence instead of delaying the decision. The decision still
+    #: depends on stream time only (the driver keeps audio back while the model runs)
+    eot_lead_ms: int = 200
     max_silence_ms: int = 800
     #: realtime: silence that ends a segment, and the pace of interim re-recognition
     segment_silence_ms: int = 300
@@ -170,6 +176,8 @@ class EngineConfig:
             last = silence
         if not 0 <= self.speculate_silence_ms <= self.candidate_silence_ms:
             raise InvalidRequest("speculate_silence_ms", "must be within 0..candidate_silence_ms")
+        if self.eot_lead_ms < 0:
+            raise InvalidRequest("eot_lead_ms", "must not be negative")
         if self.max_silence_ms < max(self.candidate_silence_ms, last):
             raise InvalidRequest("max_silence_ms", "must not precede the last checkpoint")
 
@@ -359,6 +367,8 @@ class _Turn:
     language: str | None = None
     speech_start_ms: float = 0.0
     speech_end_ms: float = 0.0
+    #: the end-of-turn model's answer for the next checkpoint, asked ``eot_lead_ms`` early
+    verdict: float | None = None
 
 
 class TurnEngine(_Engine):
@@ -433,6 +443,7 @@ class TurnEngine(_Engine):
                 speaking = True
                 turn.segment_start = len(turn.audio) - self._ms_to_bytes(voiced_run + 200)
                 turn.speech_end_ms = now
+                turn.verdict = None  # it judged a pause that was not the end
                 self._emit(TurnContinuation())
                 continue
             if 0 < voiced_run < cfg.modulation_window_ms:
@@ -458,12 +469,18 @@ class TurnEngine(_Engine):
             # nothing was said (a cough, a click): no reason to hold the floor
             self._emit(TurnEnd())
             return True
-        while checkpoints and checkpoints[0][0] <= silence_ms:
-            _, threshold = checkpoints.pop(0)
-            # the model hears the turn as it stands, trailing silence included (as trained)
-            window = self._ms_to_bytes(self.config.eot_window_ms)
-            probability = yield EndOfTurnJob(bytes(turn.audio[-window:]), self.sample_rate)
-            if float(probability) >= threshold:
+        while checkpoints and checkpoints[0][0] - self.config.eot_lead_ms <= silence_ms:
+            due, threshold = checkpoints[0]
+            if turn.verdict is None:
+                # the model hears the turn as it stands, trailing silence included (as trained)
+                window = self._ms_to_bytes(self.config.eot_window_ms)
+                probability = yield EndOfTurnJob(bytes(turn.audio[-window:]), self.sample_rate)
+                turn.verdict = float(probability)
+            if silence_ms < due:
+                return False
+            checkpoints.pop(0)
+            verdict, turn.verdict = turn.verdict, None
+            if verdict >= threshold:
                 self._emit(TurnEnd())
                 return True
         return False
