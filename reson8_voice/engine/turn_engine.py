@@ -155,7 +155,9 @@ class EngineConfig:
     #: inference overlaps the silence instead of delaying the decision. The decision still
     #: depends on stream time only (the driver keeps audio back while the model runs)
     eot_lead_ms: int = 200
-    max_silence_ms: int = 800
+    #: the silence ceiling, counted from the end of the last voiced frame, which holds the
+    #: speech's last sound: 780 ms lands the turn end at most ~0.8 s after the speech ends
+    max_silence_ms: int = 780
     #: realtime: silence that ends a segment, and the pace of interim re-recognition
     segment_silence_ms: int = 300
     interim_interval_ms: int = 1000
