@@ -232,27 +232,44 @@ def test_concurrent_calls_match_sequential_ones() -> None:
 
 def test_repetition_detector() -> None:
     assert _is_repetition("Okay. Okay.")
-    assert _is_repetition("no no no")
+    assert _is_repetition("Sure. sure!")
     assert _is_repetition("I want to go. " * 6)
+    assert _is_repetition("okay " * 12)  # no sentence, but it compresses like a loop
     assert not _is_repetition("Okay.")
+    assert not _is_repetition("No, no, no.")  # a repeated word, written as one sentence
+    assert not _is_repetition("Bye bye.")
+    assert not _is_repetition("Thank you. Thank you for calling.")
     assert not _is_repetition("five five five one two three four")
     assert not _is_repetition("")
 
 
-def test_a_repetitive_transcript_is_decoded_again_with_the_full_window(
-        whisper: WhisperRecognizer, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("retry_repeats", [False, True])
+def test_a_repetitive_transcript_is_decoded_again(
+        whisper: WhisperRecognizer, monkeypatch: pytest.MonkeyPatch, retry_repeats: bool,
+) -> None:
+    # the reduced window's text "loops": decoded again with repeats penalised, on the same
+    # encoding; only if that still repeats, encoded again with the full 30 s window
     from reson8_voice.engine import asr
 
     fixture = af.load_fixture("short_answers")
     audio, _ = turn_audio(fixture, fixture.turns[0])
     windows: list[int] = []
-    encode = whisper._encode
+    penalties: list[float] = []
+    encode, decode = whisper._encode, whisper._decode
     monkeypatch.setattr(whisper, "_encode",
                         lambda content, window: windows.append(window) or encode(content, window))
-    verdicts = iter([True, False])  # the reduced window's text "loops", the full one does not
+
+    def spy(*args: object, repetition_penalty: float = 1.0) -> object:
+        penalties.append(repetition_penalty)
+        return decode(*args, repetition_penalty=repetition_penalty)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(whisper, "_decode", spy)
+    verdicts = iter([True, retry_repeats, False])
     monkeypatch.setattr(asr, "_is_repetition", lambda text: next(verdicts))
     result = whisper.transcribe(audio)
-    assert windows == [whisper.min_window_frames, 3000]
+    full = [3000] if retry_repeats else []
+    assert windows == [whisper.min_window_frames, *full]
+    assert penalties == [1.0, asr._RETRY_REPETITION_PENALTY, *([1.0] if retry_repeats else [])]
     assert af.wer(fixture.turns[0].text, result.text) == 0.0
 
 
