@@ -140,3 +140,38 @@ def test_the_end_of_turn_model_is_asked_ahead_and_answers_at_the_checkpoint() ->
         assert max(a for a in asked_ahead if a <= t) == pytest.approx(t - 200, abs=20)
     # pauses of 300-500 ms were asked about, then resumed (their answers dropped)
     assert len(asked_ahead) > len(asked_plain)
+
+
+def test_recognition_covers_the_turn_so_far_within_the_asr_context() -> None:
+    # long_turn: one 17.4 s turn of five phrases. With asr_context_ms, each recognition
+    # re-covers the earlier pieces that still fit 9 s, and its text replaces theirs; one
+    # by one (0), each phrase is recognised alone. The turn events are the same either way.
+    from reson8_voice import TurnEndCandidate
+    from reson8_voice.engine.asr import Recognition
+    from reson8_voice.engine.turn_engine import Job, RecognizeJob
+
+    fx = load_fixture("long_turn")
+    base = scripted_runner()
+
+    def drive(context_ms: int) -> tuple[list[tuple[float, object]], list[str], list[float]]:
+        engine = TurnEngine(EngineConfig(asr_context_ms=context_ms), sample_rate=8000)
+        spans: list[float] = []
+
+        def run(job: Job) -> object:
+            if isinstance(job, RecognizeJob):  # the text names the audio it came from
+                spans.append(len(job.pcm16) / 2 / job.sample_rate * 1000)
+                return Recognition(f"<{len(spans) - 1}>", "en")
+            return base(job)
+
+        events = run_to_completion(engine, fx.chunks(20, pcm=True), run)
+        texts = [e.text for _, e in events if isinstance(e, TurnEndCandidate)]
+        return events, texts, spans
+
+    joint, joint_texts, joint_ms = drive(9000)
+    alone, alone_texts, alone_ms = drive(0)
+    assert [(t, type(e)) for t, e in joint] == [(t, type(e)) for t, e in alone]
+    assert max(joint_ms) <= 9000 < sum(alone_ms) and max(joint_ms) > max(alone_ms)
+    # one by one, each candidate adds a piece; with context the second candidate is one
+    # recognition of the whole turn so far, and the last needs more than one (17 s)
+    assert [t.count("<") for t in alone_texts] == list(range(1, len(alone_texts) + 1))
+    assert joint_texts[1].count("<") == 1 and 1 < joint_texts[-1].count("<") < len(alone_texts)
