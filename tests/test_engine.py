@@ -57,13 +57,15 @@ def test_config_is_validated(kwargs: dict[str, object]) -> None:
 def test_speculative_recognition_is_ready_when_the_candidate_is_due() -> None:
     # Recognition starts at 100 ms of silence; the candidate (at 200 ms) uses it, and a
     # speculation overtaken by resumed speech is dropped: with a recogniser that answers
-    # "x" per job, the candidates' texts count exactly the segments, as without speculation.
+    # "x" per job, the candidates' texts count exactly the segments, as without speculation
+    # (each segment recognised alone: asr_context_ms=0).
     from reson8_voice.engine.turn_engine import RecognizeJob, TurnEndCandidate
 
     fx = load_fixture("call_delivery")
 
     def drive(speculate_ms: int) -> tuple[list[tuple[float, object]], list[float]]:
-        engine = TurnEngine(EngineConfig(speculate_silence_ms=speculate_ms), sample_rate=8000)
+        engine = TurnEngine(EngineConfig(speculate_silence_ms=speculate_ms, asr_context_ms=0),
+                            sample_rate=8000)
         issued: list[float] = []
         base = scripted_runner()
 
