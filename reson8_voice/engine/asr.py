@@ -11,7 +11,7 @@ input to a 30 s window, and on CPU the encoder dominates: tiny.en's encoder alon
 shorter windows, so an utterance is encoded in a window of ``max(min_window_s, duration +
 1 s)`` instead: 10 s costs ~120-180 ms against ~270 ms for 15 s. On the project's speech
 fixtures this keeps the word error rate of the 30 s window (benchmarks/bench_models.py
-measures them; on the 53 fixture segments the engine recognises one by one, 10 s scored
+measures them; on 53 fixture segments, each recognised alone, 10 s scored
 3.3 % mean WER, 15 s 8.9 % and 30 s 8.3 %); a whole-transcript repetition
 ("okay okay"), the one failure mode shorter windows make more likely, is decoded again with
 repeats penalised, and if it still repeats (the caller did say "no, no"), with the full
