@@ -81,7 +81,8 @@ class _Params:
     def __post_init__(self) -> None:
         if self.encoding not in self.ENCODINGS:
             allowed = ", ".join(self.ENCODINGS)
-            raise InvalidRequest("encoding", f"must be one of {allowed}, got {self.encoding!r}")
+            raise InvalidRequest("encoding",
+                                 f"must be one of {allowed}, got {self.encoding[:40]!r}")
         _check_int("sample_rate", self.sample_rate, _MIN_RATE, _MAX_RATE)
         _check_int("channels", self.channels, 1, _MAX_CHANNELS)
         if self.language is not None and not _LANGUAGE.match(self.language):

@@ -13,6 +13,7 @@ import json
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from websockets.asyncio.client import connect as raw_connect
@@ -94,6 +95,21 @@ async def test_realtime_refuses_g711(server: Reson8Server) -> None:
     status, body = await _rejection(f"{server.url}{REALTIME}?encoding=mulaw")
     assert (status, body["parameter"]) == (400, "encoding")
 
+
+@pytest.mark.parametrize("name", ["encoding", "language", "include_words"])
+async def test_a_rejected_value_comes_back_quoted_not_as_markup(
+    server: Reson8Server, name: str
+) -> None:
+    hostile = "<script>alert(1)</script>&" + "x" * 200
+    with pytest.raises(InvalidStatus) as info:
+        async with raw_connect(f"{server.url}{TURNS}?{urlencode({name: hostile})}"):
+            pass
+    raw = info.value.response.body or b""
+    assert info.value.response.status_code == 400
+    assert not {"<", ">", "&"} & set(raw.decode()), raw
+    body = json.loads(raw)  # still JSON, and the value is quoted back in part, escaped
+    assert body["parameter"] == name and "<script>" in body["message"]
+    assert "x" * 100 not in body["message"]  # not the whole value
 
 async def test_client_maps_400_to_bad_request(server: Reson8Server) -> None:
     with pytest.raises(BadRequest) as info:

@@ -74,8 +74,14 @@ class ServerConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
+#: HTML-significant characters, escaped in error bodies (JSON allows ``\u003c``): a
+#: rejected value is quoted back to the client, never as markup a browser would run
+_HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def _json_response(status: HTTPStatus, code: str, message: str, **extra: str) -> Response:
-    body = json.dumps({"code": code, "message": message, **extra}).encode()
+    text = json.dumps({"code": code, "message": message, **extra})
+    body = text.translate(_HTML_ESCAPES).encode()
     headers = Headers([("Content-Type", "application/json"),
                        ("Content-Length", str(len(body))), ("Connection", "close")])
     return Response(status.value, status.phrase, headers, body)
