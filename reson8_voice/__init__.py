@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .auth import ApiKey, BearerToken, Credentials, Secret, auth_headers, parse_auth
+from .auth import (
+    ApiKey,
+    BearerToken,
+    Credentials,
+    Secret,
+    auth_headers,
+    parse_auth,
+    redact_url,
+    websocket_logger,
+)
 from .errors import (
     AudioFormatError,
     BadRequest,
@@ -106,5 +115,7 @@ __all__ = [
     "endpoint_url",
     "parse_auth",
     "parse_event",
+    "redact_url",
     "serialize_event",
+    "websocket_logger",
 ]

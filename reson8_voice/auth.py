@@ -15,9 +15,11 @@ the value must go on the wire, and :meth:`Secret.matches` (constant time) to com
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidRequest
 
@@ -29,6 +31,8 @@ __all__ = [
     "auth_headers",
     "parse_auth",
     "redact",
+    "redact_url",
+    "websocket_logger",
 ]
 
 BEARER_SUBPROTOCOL = "bearer"
@@ -148,3 +152,47 @@ def redact(text: str, *secrets: Secret | None) -> str:
         if secret is not None:
             text = text.replace(secret.reveal(), _REDACTED)
     return text
+
+
+#: headers and query parameters that carry a credential in one of the supported dialects
+#: (Reson8: ``Authorization`` or the ``bearer`` subprotocol; ElevenLabs: ``xi-api-key`` or
+#: a single-use ``token`` in the query)
+_SECRET_HEADERS = frozenset({"authorization", "sec-websocket-protocol", "xi-api-key", "cookie"})
+_SECRET_PARAMS = frozenset({"token", "access_token", "api_key", "key", "xi-api-key"})
+
+
+def redact_url(url: str) -> str:
+    """``url`` (or a request path) with the values of credential query parameters masked."""
+    parts = urlsplit(url)
+    if not parts.query:
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    if not any(k.lower() in _SECRET_PARAMS for k, _ in pairs):
+        return url
+    masked = [(k, _REDACTED if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
+    return urlunsplit(parts._replace(query=urlencode(masked, safe="*")))
+
+
+class _HandshakeRedactor(logging.Filter):
+    """Masks credentials in websockets' debug log of the handshake: header lines
+    (``%s: %s``) and any argument with a query string (the request line)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and args:
+            if (isinstance(record.msg, str) and record.msg.endswith("%s: %s")
+                    and str(args[0]).lower() in _SECRET_HEADERS):
+                args = (args[0], _REDACTED, *args[2:])
+            record.args = tuple(redact_url(a) if isinstance(a, str) and "?" in a else a
+                                for a in args)
+        return True
+
+
+def websocket_logger(side: Literal["client", "server"]) -> logging.Logger:
+    """The stdlib logger every reson8 WebSocket logs to (``reson8_voice.websockets.client``
+    or ``.server``): websockets' own, with credentials masked in its DEBUG handshake lines,
+    which would otherwise print the ``Authorization`` header and the query string."""
+    log = logging.getLogger(f"reson8_voice.websockets.{side}")
+    if not any(isinstance(f, _HandshakeRedactor) for f in log.filters):
+        log.addFilter(_HandshakeRedactor())
+    return log

@@ -29,7 +29,7 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
-from .auth import Credentials, Secret, auth_headers, redact
+from .auth import Credentials, Secret, auth_headers, redact, redact_url, websocket_logger
 from .errors import (
     BadRequest,
     ConnectionClosed,
@@ -128,7 +128,7 @@ class Reson8Connection(MessageStream[Event], Generic[P]):
         self.url = url
 
     def __repr__(self) -> str:
-        return f"<Reson8Connection {self.url}>"
+        return f"<Reson8Connection {redact_url(self.url)}>"
 
     async def send_audio(self, audio: bytes) -> None:
         """Send one binary audio frame (encoded as the connection's ``encoding`` says)."""
@@ -232,6 +232,7 @@ async def open_websocket(
         "ping_timeout": ping_timeout,
         "max_size": MAX_MESSAGE_BYTES,
         "proxy": None,
+        "logger": websocket_logger("client"),
         **ws_options,
     }
     if parts.scheme == "wss":

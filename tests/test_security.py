@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +16,7 @@ from pipecat.frames.frames import ProposedUserStoppedSpeakingFrame
 
 from reson8_voice import (
     ApiKey,
+    BearerToken,
     InvalidRequest,
     RealtimeParams,
     RemoteProtocolError,
@@ -36,42 +39,73 @@ from .pipeline_harness import Harness
 
 KEY = "r8_live_TOPSECRET_9f8e7d6c5b4a"
 WRONG = "r8_live_WRONGSECRET_0a1b2c3d"
+TOKEN = "tok_SINGLEUSE_5e6f7a8b"
 
 
-async def test_no_credential_in_any_log_line_error_or_repr() -> None:
-    """A full call with the right key, and one with a wrong key: every log line searched."""
+class _Capture(logging.Handler):
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines = lines
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.name}: {record.getMessage()}")
+
+
+@pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every line logged through loguru (TRACE) and the stdlib (DEBUG: websockets logs each
+    handshake header there, and pipecat apps often route it into loguru)."""
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(str(m)), level="TRACE")
+    root, handler = logging.getLogger(), _Capture(lines)
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
     try:
-        async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)),
-                                scripted_runner()) as server:
-            fx = load_fixture("short_answers")
-            stt = Reson8TurnsSTTService(api_key=KEY, url=server.url)
-            async with Harness([stt]) as h:
-                await h.feed(fx.pcm16(), speed=8.0)
-                await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
-                                 == len(fx.turns), 20)
-            texts = [repr(stt), str(stt.url), repr(stt._credentials)]
-            bad = Reson8TurnsSTTService(api_key=WRONG, url=server.url, rejected_retry_s=60)
-            rejected = asyncio.Event()
-
-            @bad.event_handler("on_connection_error")
-            async def _on_error(service: Any, message: str) -> None:
-                texts.append(message)
-                rejected.set()
-
-            async with Harness([bad]):
-                await asyncio.wait_for(rejected.wait(), 10)
-            with pytest.raises(Unauthorized) as info:
-                await connect_turns(server.url, credentials=ApiKey.of(WRONG))
-            texts += [str(info.value), repr(info.value)]
+        yield lines
     finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
         logger.remove(sink)
+
+
+async def test_no_credential_in_any_log_line_error_or_repr(log_lines: list[str]) -> None:
+    """A full call with the right key, and one with a wrong key: every log line searched."""
+    lines = log_lines
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)),
+                            scripted_runner()) as server:
+        fx = load_fixture("short_answers")
+        stt = Reson8TurnsSTTService(api_key=KEY, url=server.url)
+        async with Harness([stt]) as h:
+            await h.feed(fx.pcm16(), speed=8.0)
+            await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
+                             == len(fx.turns), 20)
+        texts = [repr(stt), str(stt.url), repr(stt._credentials)]
+        bad = Reson8TurnsSTTService(api_key=WRONG, url=server.url, rejected_retry_s=60)
+        rejected = asyncio.Event()
+
+        @bad.event_handler("on_connection_error")
+        async def _on_error(service: Any, message: str) -> None:
+            texts.append(message)
+            rejected.set()
+
+        async with Harness([bad]):
+            await asyncio.wait_for(rejected.wait(), 10)
+        with pytest.raises(Unauthorized) as info:
+            await connect_turns(server.url, credentials=ApiKey.of(WRONG))
+        texts += [str(info.value), repr(info.value)]
+        # a bearer token in the subprotocol header, and one a user put in the URL
+        conn = await connect_turns(f"{server.url}?token={TOKEN}",
+                                   credentials=BearerToken.of(KEY, via="subprotocol"))
+        texts.append(repr(conn))
+        await conn.close()
     blob = "\n".join(lines + texts)
     assert "Authorization" not in blob or "ApiKey r8" not in blob
-    for secret in (KEY, WRONG, KEY[8:], WRONG[8:]):
+    for secret in (KEY, WRONG, TOKEN, KEY[8:], WRONG[8:]):
         assert secret not in blob
     assert len(lines) > 20  # the run was really logged
+    assert any("websockets.client: > Authorization: ***" in line for line in lines)
+    assert any("websockets.server: < Sec-WebSocket-Protocol: ***" in line for line in lines)
 
 
 def test_plain_ws_to_a_remote_host_refuses_to_send_a_key() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
 
-from ..auth import Secret
+from ..auth import Secret, redact_url
 from ..dialects.gateway import (
     HOSTED_GATEWAY_URL,
     WORLD_PARTS,
@@ -101,7 +101,7 @@ class Reson8GatewaySTTService(VADTurnSTTService):
         self._custom_model_id = custom_model_id
 
     def __repr__(self) -> str:
-        return f"<Reson8GatewaySTTService {self._url} mode={self.policy.mode.value}>"
+        return f"<Reson8GatewaySTTService {redact_url(self._url)} mode={self.policy.mode.value}>"
 
     @property
     def url(self) -> str:

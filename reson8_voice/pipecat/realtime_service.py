@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
 
-from ..auth import ApiKey, BearerToken, Credentials
+from ..auth import ApiKey, BearerToken, Credentials, redact_url
 from ..client import Reson8Connection, connect_realtime
 from ..errors import InvalidRequest, ServiceError
 from ..events import ErrorEvent, FlushConfirmation, Transcript, UnknownEvent
@@ -122,7 +122,7 @@ class Reson8RealtimeSTTService(VADTurnSTTService):
         self._options = (custom_model_id, include_interim, include_words, include_confidence)
 
     def __repr__(self) -> str:
-        return f"<Reson8RealtimeSTTService {self._url} mode={self.policy.mode.value}>"
+        return f"<Reson8RealtimeSTTService {redact_url(self._url)} mode={self.policy.mode.value}>"
 
     @property
     def url(self) -> str:

@@ -34,7 +34,7 @@ from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
 
 from .. import g711
-from ..auth import Secret
+from ..auth import Secret, redact_url
 from ..dialects.scribe import (
     AUDIO_FORMATS,
     DEFAULT_MODEL_ID,
@@ -152,7 +152,7 @@ class ScribeRealtimeSTTService(VADTurnSTTService):
         self._encoder: g711.G711Encoder | None = None
 
     def __repr__(self) -> str:
-        return f"<ScribeRealtimeSTTService {self._url} mode={self.policy.mode.value}>"
+        return f"<ScribeRealtimeSTTService {redact_url(self._url)} mode={self.policy.mode.value}>"
 
     @property
     def url(self) -> str:

@@ -68,7 +68,7 @@ from ..arbiter import (
     TurnArbiter,
     WatchdogExpired,
 )
-from ..auth import ApiKey, BearerToken, Credentials
+from ..auth import ApiKey, BearerToken, Credentials, redact_url
 from ..backlog import AudioBacklog
 from ..client import Reson8Connection, connect_turns
 from ..engine.turn_engine import Job
@@ -260,7 +260,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             self._register_event_handler(name)
 
     def __repr__(self) -> str:
-        return f"<Reson8TurnsSTTService {self._url} mode={self.arbiter.mode.value}>"
+        return f"<Reson8TurnsSTTService {redact_url(self._url)} mode={self.arbiter.mode.value}>"
 
     # -- pipecat conventions -----------------------------------------------------------
     def can_generate_metrics(self) -> bool:

@@ -36,7 +36,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from ..auth import Secret, parse_auth
+from ..auth import Secret, parse_auth, websocket_logger
 from ..engine.turn_engine import (
     EndOfTurnJob,
     EngineConfig,
@@ -158,6 +158,7 @@ class Reson8Server:
             ping_timeout=self.config.ping_timeout,
             close_timeout=1.0,
             compression=None,
+            logger=websocket_logger("server"),
         )
         logger.info(f"reson8 embedded server listening on {self.url}")
 
