@@ -11,7 +11,9 @@ call :func:`main`).
 * Word error rate of each configuration over every fixture turn.
 * Word timestamps: the extra cost of ``word_timestamps=True``.
 * Throughput of one shared model (two replicas) under two threads against one.
-* End of turn: smart-turn v3 per call (features + ONNX inference) and features alone.
+* End of turn: smart-turn v3 per call (features + ONNX inference) and features alone; and
+  how well it separates the fixtures' turn ends from their intra-turn pauses at 100-400 ms
+  of silence (AUC: the chance that an end scores above a pause; 0.5 is a coin).
 * Load times and the process RSS after loading both models.
 
 Every figure is measured in this run; timings are the median and the minimum of several
@@ -97,6 +99,29 @@ def all_turns() -> list[tuple[np.ndarray, Turn]]:
             out.append((cut(fixture, max(0, turn.start_ms - 200),
                             min(fixture.duration_ms, turn.end_ms + 300)), turn))
     return out
+
+
+def separability(eot: SmartTurnModel, silences: tuple[int, ...] = (100, 200, 300, 400)) -> None:
+    """p(complete) after ``silence`` ms at every turn end and every intra-turn pause that
+    long (the turn so far as the model sees it), and the AUC of ends against pauses."""
+    print("\nsmart-turn v3 on the fixtures: turn ends against intra-turn pauses")
+    print(f"{'silence':>8} {'ends >= 0.5':>12} {'pauses >= 0.5':>14} {'AUC':>6}")
+    for silence in silences:
+        ends: list[float] = []
+        pauses: list[float] = []
+        for fixture in all_fixtures():
+            for turn in fixture.turns:
+                for i, seg in enumerate(turn.segments):
+                    last = i == len(turn.segments) - 1
+                    if not last and turn.segments[i + 1].start_ms - seg.end_ms < silence:
+                        continue
+                    stop = seg.end_ms + silence
+                    p = eot.predict(cut(fixture, max(turn.start_ms, stop - 8000), stop))
+                    (ends if last else pauses).append(p)
+        auc = sum((e > q) + 0.5 * (e == q) for e in ends for q in pauses) / (
+            len(ends) * len(pauses))
+        print(f"{silence:>6}ms {sum(e >= 0.5 for e in ends):>6}/{len(ends):<5} "
+              f"{sum(q >= 0.5 for q in pauses):>7}/{len(pauses):<6} {auc:6.2f}")
 
 
 def aggregate_wer(pairs: list[tuple[str, str]]) -> float:
@@ -211,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
           f"{cpu:.0f} ms (features alone: wall {fmed:.1f} / {flow:.1f} ms, CPU {fcpu:.1f} ms); "
           f"p(complete) here = "
           f"{eot.predict(clip):.3f}")
+
+    separability(eot)
 
     print(f"\nRSS of a fresh process after loading both models: {rss_after_loading():.0f} MiB "
           f"(python + numpy alone: {rss_after_loading(load=False):.0f} MiB)")
