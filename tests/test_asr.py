@@ -33,6 +33,7 @@ from reson8_voice.engine.asr import (
     pcm16_to_float32,
     resample_pcm16,
 )
+from reson8_voice.engine.models import to_float16k
 from reson8_voice.errors import AudioFormatError, InvalidRequest
 
 from . import audio_fixtures as af
@@ -210,6 +211,10 @@ def test_bad_audio_is_refused(whisper: WhisperRecognizer) -> None:
         whisper.transcribe(np.zeros((2, 1600), dtype=np.int16))
     with pytest.raises(AudioFormatError):
         whisper.transcribe(np.zeros(1600, dtype=np.int32))
+    with pytest.raises(AudioFormatError):  # what the server's model jobs go through
+        to_float16k(b"\x00\x00\x00", 8000)
+    assert to_float16k(b"\x00\x40" * 80, 8000).shape == (160,)  # 8 -> 16 kHz, scaled
+    assert to_float16k(b"\x00\x40" * 80, 16000)[0] == 0.5
 
 
 def test_concurrent_calls_match_sequential_ones() -> None:

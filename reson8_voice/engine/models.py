@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import soxr
 
-from .asr import Recognizer
+from .asr import Recognizer, pcm16_to_float32
 from .eot import EndOfTurnModel
 from .turn_engine import EndOfTurnJob, Job, RecognizeJob
 
@@ -22,8 +22,12 @@ __all__ = ["LocalModels", "to_float16k"]
 
 
 def to_float16k(pcm16: bytes, sample_rate: int) -> np.ndarray[Any, np.dtype[np.float32]]:
-    """Mono s16le at ``sample_rate`` -> float32 in [-1, 1) at 16 kHz (what the models take)."""
-    audio = np.frombuffer(pcm16, dtype="<i2").astype(np.float32) / 32768.0
+    """Mono s16le at ``sample_rate`` -> float32 in [-1, 1) at 16 kHz (what the models take).
+
+    Raises:
+        AudioFormatError: an odd byte count.
+    """
+    audio = pcm16_to_float32(pcm16)
     if sample_rate != 16000 and audio.size:
         audio = np.asarray(soxr.resample(audio, sample_rate, 16000), dtype=np.float32)
     return audio
