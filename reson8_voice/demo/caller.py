@@ -218,8 +218,14 @@ class SimulatedTwilioCaller:
             async with self._send_lock:
                 await self.ws.send(json.dumps(message))
         except ConnectionClosed:
-            if self.ended_by is None:
-                self.ended_by = "bot"
+            self._bot_closed()
+
+    def _bot_closed(self) -> None:
+        """The bot closed the stream (seen by a send or by the receive loop, once)."""
+        if self.ended_by is None:
+            self.ended_by = "bot"
+            code = self.ws.close_code if self.ws is not None else None
+            self.timeline.add("caller", "socket_closed", code=code)
 
     def echo_mark(self, name: str) -> None:
         """Echo a mark back to the bot (played, or flushed by ``clear``)."""
@@ -290,10 +296,7 @@ class SimulatedTwilioCaller:
         except ConnectionClosed:
             pass
         self._playout.tick(time.monotonic() + 3600)  # whatever was playing has stopped
-        code = self.ws.close_code if self.ws is not None else None
-        if self.ended_by is None:
-            self.ended_by = "bot"
-            self.timeline.add("caller", "socket_closed", code=code)
+        self._bot_closed()
 
     async def _stream(self) -> None:
         """Send 20 ms media messages on a fixed clock until the call ends."""
