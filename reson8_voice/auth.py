@@ -118,12 +118,15 @@ def auth_headers(credentials: Credentials | None) -> tuple[dict[str, str], list[
 def parse_auth(
     headers: Mapping[str, str], subprotocols: Sequence[str] = ()
 ) -> Credentials | None:
-    """Read the credentials of an upgrade request; None when absent or malformed.
+    """Read the credentials of an upgrade request; None when absent, malformed or repeated.
 
     ``headers`` must be case-insensitive (as websockets' ``Headers`` are) or use the
     canonical ``Authorization`` spelling. ``subprotocols`` are the offered ones, in order.
     """
-    value = headers.get("Authorization") or headers.get("authorization")
+    try:
+        value = headers.get("Authorization") or headers.get("authorization")
+    except LookupError:  # several Authorization headers (websockets' MultipleValuesError)
+        return None
     if value:
         scheme, _, rest = value.strip().partition(" ")
         rest = rest.strip()

@@ -158,9 +158,11 @@ def _configure_logging(verbose: bool, log_file: Path | None = None,
     from loguru import logger
 
     logger.remove()
-    logger.add(sys.stderr, level="DEBUG" if verbose else quiet_level)
+    # diagnose=False: loguru would print every frame's local values in a traceback (the
+    # parsed arguments with --api-key, a request's headers)
+    logger.add(sys.stderr, level="DEBUG" if verbose else quiet_level, diagnose=False)
     if log_file is not None:
-        logger.add(log_file, level="DEBUG")
+        logger.add(log_file, level="DEBUG", diagnose=False)
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -25,6 +25,7 @@ from reson8_voice import (
     BearerToken,
     ErrorEvent,
     FlushConfirmation,
+    InvalidRequest,
     RealtimeParams,
     Secret,
     Transcript,
@@ -363,3 +364,48 @@ async def test_auto_encoding_decodes_streamed_containers(
         await sender
     assert isinstance(events[0], TurnStart)
     assert sum(isinstance(e, TurnStart) for e in events) >= len(fx.turns) - 1
+
+
+async def test_failed_handshakes_leave_no_state_behind(keyed_server: Reson8Server) -> None:
+    """A request that passes process_request but fails the handshake (a plain GET) never
+    reaches the handler: what the upgrade stored must go with the connection, or a later
+    caller could be handed a stale session (state was once keyed by the reused id())."""
+    import gc
+
+    host, port = "127.0.0.1", keyed_server.port
+    for path in (keyed_server.gateway.path, keyed_server.scribe.path,
+                 f"{TURNS}?encoding=mulaw&sample_rate=8000"):
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: ApiKey {KEY}\r\n"
+                         "\r\n".encode())
+            status = await asyncio.wait_for(reader.readline(), 5)
+            assert status.startswith(b"HTTP/1.1 426"), status  # Upgrade Required
+            writer.close()
+            await writer.wait_closed()
+    for _ in range(50):  # the server side of each connection winds down on its own
+        gc.collect()
+        if not keyed_server._params and not keyed_server._dialect_sessions:
+            break
+        await asyncio.sleep(0.05)
+    assert not keyed_server._params and not keyed_server._dialect_sessions
+    for _ in range(10):  # and every real caller gets its own turns session
+        conn = await connect_turns(keyed_server.url, TurnsParams(encoding="mulaw",
+                                   sample_rate=8000), ApiKey.of(KEY))
+        await conn.send_audio(b"\xff" * 1600)
+        await conn.close()
+
+
+async def test_repeated_authorization_headers_are_401_not_500(
+    keyed_server: Reson8Server,
+) -> None:
+    headers = [("Authorization", f"ApiKey {KEY}"), ("Authorization", "Bearer other")]
+    status, body = await _rejection(keyed_server.url + TURNS, additional_headers=headers)
+    assert (status, body["code"]) == (401, "UNAUTHORIZED")
+
+
+async def test_the_library_refuses_a_public_bind_without_a_key() -> None:
+    server = Reson8Server(ServerConfig(host="0.0.0.0", port=0), scripted_runner())
+    with pytest.raises(InvalidRequest) as info:
+        await server.start()
+    assert info.value.parameter == "host"

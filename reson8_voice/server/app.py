@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
+from weakref import WeakKeyDictionary
 
 from loguru import logger
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -37,6 +38,7 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 
 from ..auth import Secret, parse_auth, websocket_logger
+from ..client import is_loopback
 from ..engine.turn_engine import (
     EndOfTurnJob,
     EngineConfig,
@@ -101,11 +103,16 @@ class Reson8Server:
         self._run_job = run_job
         self._server: Server | None = None
         self._pool: ThreadPoolExecutor | None = None
-        self._params: dict[int, TurnsParams | RealtimeParams] = {}
+        #: what the upgrade decided, per connection (weakly held: a handshake that fails
+        #: after process_request never reaches _handle, and its entry must go with it; an
+        #: id() key was reused by later connections, which then ran a stale session)
+        self._params: WeakKeyDictionary[ServerConnection, TurnsParams | RealtimeParams] = (
+            WeakKeyDictionary())
         #: the other dialects of the spec folder (spec 002 and 004), on the same engine
         self.gateway = GatewayEndpoint(self.config, self._infer)
         self.scribe = ScribeEndpoint(self.config, self._infer)
-        self._dialect_sessions: dict[int, GatewaySession | ScribeSession] = {}
+        self._dialect_sessions: WeakKeyDictionary[
+            ServerConnection, GatewaySession | ScribeSession] = WeakKeyDictionary()
         self.sessions_active = 0
         self.sessions_total = 0
         self._idle = asyncio.Event()
@@ -141,6 +148,9 @@ class Reson8Server:
 
     async def start(self) -> None:
         """Load the models (if none were given) and start listening."""
+        if self.config.api_key is None and not is_loopback(self.config.host):
+            raise InvalidRequest("host", f"refusing to serve on {self.config.host} without an "
+                                 "API key: set ServerConfig.api_key (or bind 127.0.0.1)")
         if self._run_job is None:
             from ..engine.models import LocalModels
 
@@ -204,7 +214,7 @@ class Reson8Server:
             if path in (self.gateway.path, self.scribe.path):
                 # these dialects report auth and parameter errors inside the session
                 endpoint = self.gateway if path == self.gateway.path else self.scribe
-                self._dialect_sessions[id(connection)] = endpoint.session_for(request)
+                self._dialect_sessions[connection] = endpoint.session_for(request)
                 return None
             if parts.path.rstrip("/") == TURNS_PATH:
                 params_cls = TurnsParams
@@ -225,7 +235,7 @@ class Reson8Server:
             except InvalidRequest as exc:
                 return _json_response(HTTPStatus.BAD_REQUEST, "INVALID_REQUEST", str(exc),
                                       parameter=exc.parameter)
-            self._params[id(connection)] = params
+            self._params[connection] = params
             return None
         except Exception:
             logger.exception("reson8 server: unexpected failure during the upgrade")
@@ -234,11 +244,11 @@ class Reson8Server:
 
     # -- a session -----------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
-        dialect = self._dialect_sessions.pop(id(ws), None)
+        dialect = self._dialect_sessions.pop(ws, None)
         if dialect is not None:
             await self._handle_dialect(ws, dialect)
             return
-        params = self._params.pop(id(ws), None)
+        params = self._params.pop(ws, None)
         if params is None:  # pragma: no cover - process_request always stores them
             await ws.close(1011, "no parameters")
             return

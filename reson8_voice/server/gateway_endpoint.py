@@ -106,7 +106,10 @@ def realtime_engine(config: EngineConfig, params: RealtimeParams, rate: int, *,
 
 
 def _header(request: Request, name: str) -> str | None:
-    value = request.headers.get(name)
+    try:
+        value = request.headers.get(name)
+    except LookupError:  # the header repeated: not a credential we can trust
+        return None
     return value.strip() if isinstance(value, str) else None
 
 

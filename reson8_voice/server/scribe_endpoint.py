@@ -106,7 +106,8 @@ class ScribeEndpoint:
         error: tuple[str, str] | None = None
         key = self.config.api_key
         if key is not None:
-            header = request.headers.get("xi-api-key")
+            headers = request.headers.get_all("xi-api-key")
+            header = headers[0] if len(headers) == 1 else None
             token = next((v for k, v in pairs if k == "token"), None)
             offered = header.strip() if isinstance(header, str) else token
             if not offered or not key.matches(offered):
