@@ -106,10 +106,11 @@ def separability(eot: SmartTurnModel, silences: tuple[int, ...] = (100, 200, 300
     long (the turn so far as the model sees it), and the AUC of ends against pauses."""
     print("\nsmart-turn v3 on the fixtures: turn ends against intra-turn pauses")
     print(f"{'silence':>8} {'ends >= 0.5':>12} {'pauses >= 0.5':>14} {'AUC':>6}")
+    fixtures = all_fixtures()
     for silence in silences:
         ends: list[float] = []
         pauses: list[float] = []
-        for fixture in all_fixtures():
+        for fixture in fixtures:
             for turn in fixture.turns:
                 for i, seg in enumerate(turn.segments):
                     last = i == len(turn.segments) - 1

@@ -32,6 +32,7 @@ __all__ = [
     "parse_auth",
     "redact",
     "redact_url",
+    "single_header",
     "websocket_logger",
 ]
 
@@ -115,6 +116,17 @@ def auth_headers(credentials: Credentials | None) -> tuple[dict[str, str], list[
     return {"Authorization": f"Bearer {credentials.secret.reveal()}"}, []
 
 
+def single_header(headers: Mapping[str, str], name: str) -> str | None:
+    """The value of header ``name``; None when it is absent or repeated (a repeated
+    credential is none: websockets' ``Headers`` raise ``MultipleValuesError``, a
+    ``LookupError``, where a plain mapping would pick one)."""
+    try:
+        value = headers.get(name)
+    except LookupError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def parse_auth(
     headers: Mapping[str, str], subprotocols: Sequence[str] = ()
 ) -> Credentials | None:
@@ -123,10 +135,7 @@ def parse_auth(
     ``headers`` must be case-insensitive (as websockets' ``Headers`` are) or use the
     canonical ``Authorization`` spelling. ``subprotocols`` are the offered ones, in order.
     """
-    try:
-        value = headers.get("Authorization") or headers.get("authorization")
-    except LookupError:  # several Authorization headers (websockets' MultipleValuesError)
-        return None
+    value = single_header(headers, "Authorization") or single_header(headers, "authorization")
     if value:
         scheme, _, rest = value.strip().partition(" ")
         rest = rest.strip()

@@ -33,7 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.http11 import Request
 
-from ..auth import BearerToken, parse_auth
+from ..auth import BearerToken, parse_auth, single_header
 from ..dialects.gateway import (
     GATEWAY_PATH,
     WORLD_PART_HEADER,
@@ -106,11 +106,8 @@ def realtime_engine(config: EngineConfig, params: RealtimeParams, rate: int, *,
 
 
 def _header(request: Request, name: str) -> str | None:
-    try:
-        value = request.headers.get(name)
-    except LookupError:  # the header repeated: not a credential we can trust
-        return None
-    return value.strip() if isinstance(value, str) else None
+    value = single_header(request.headers, name)
+    return value.strip() if value is not None else None
 
 
 class GatewayEndpoint:

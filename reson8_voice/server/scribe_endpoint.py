@@ -46,6 +46,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.http11 import Request
 
+from ..auth import single_header
 from ..dialects.scribe import (
     SCRIBE_PATH,
     ScribeAudioChunk,
@@ -106,8 +107,7 @@ class ScribeEndpoint:
         error: tuple[str, str] | None = None
         key = self.config.api_key
         if key is not None:
-            headers = request.headers.get_all("xi-api-key")
-            header = headers[0] if len(headers) == 1 else None
+            header = single_header(request.headers, "xi-api-key")
             token = next((v for k, v in pairs if k == "token"), None)
             offered = header.strip() if isinstance(header, str) else token
             if not offered or not key.matches(offered):
