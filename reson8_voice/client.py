@@ -42,8 +42,8 @@ from .events import Event, FlushRequest
 from .params import RealtimeParams, TurnsParams, endpoint_url
 from .wire import parse_event, serialize_event
 
-__all__ = ["MessageStream", "Reson8Connection", "connect", "connect_realtime", "connect_turns",
-           "is_loopback"]
+__all__ = ["MessageStream", "Reson8Connection", "check_transport", "connect",
+           "connect_realtime", "connect_turns", "is_loopback"]
 
 #: The largest message either side accepts (the embedded server's limit too).
 MAX_MESSAGE_BYTES = 1 << 20
@@ -161,6 +161,21 @@ class Reson8Connection(MessageStream[Event], Generic[P]):
         await self.close()
 
 
+_REDIRECTS = frozenset({300, 301, 302, 303, 307, 308})
+
+
+class _CredentialedConnect(ws_connect):
+    """``websockets.connect`` that never follows a redirect.
+
+    websockets strips ``Authorization`` on a cross-origin redirect but keeps the other places
+    a credential travels (the ``bearer`` subprotocol, ``xi-api-key``, the URL's query), so
+    a request that carries one refuses every redirect instead.
+    """
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
+
+
 def _closed(exc: WsConnectionClosed) -> ConnectionClosed:
     frame = exc.rcvd or exc.sent
     if frame is None:
@@ -192,6 +207,20 @@ def _rejection(exc: InvalidStatus) -> Reson8Error:
     return err
 
 
+def check_transport(url: str, *, carries_secret: bool, allow_insecure: bool = False) -> None:
+    """Refuse a credential over plain ``ws://`` to a non-loopback host (unless allowed).
+
+    Raises:
+        InvalidRequest: naming ``url``.
+    """
+    parts = urlsplit(url)
+    if (carries_secret and parts.scheme == "ws" and not is_loopback(parts.hostname)
+            and not allow_insecure):
+        raise InvalidRequest(
+            "url", "refusing to send credentials over plain ws:// to a non-loopback host; "
+            "use wss:// or pass allow_insecure=True")
+
+
 async def open_websocket(
     url: str,
     headers: dict[str, str],
@@ -219,11 +248,8 @@ async def open_websocket(
         ConnectionClosed: the server could not be reached or hung up during the handshake.
     """
     parts = urlsplit(url)
-    if (any(s is not None for s in secrets) and parts.scheme == "ws"
-            and not is_loopback(parts.hostname) and not allow_insecure):
-        raise InvalidRequest(
-            "url", "refusing to send credentials over plain ws:// to a non-loopback host; "
-            "use wss:// or pass allow_insecure=True")
+    carries_secret = any(s is not None for s in secrets)
+    check_transport(url, carries_secret=carries_secret, allow_insecure=allow_insecure)
     options: dict[str, Any] = {
         "additional_headers": headers,
         "subprotocols": [Subprotocol(p) for p in subprotocols] or None,
@@ -238,8 +264,17 @@ async def open_websocket(
     if parts.scheme == "wss":
         options["ssl"] = ssl_context or ssl.create_default_context()
     try:
-        return await ws_connect(url, **options)
+        return await (_CredentialedConnect if carries_secret else ws_connect)(url, **options)
     except InvalidStatus as exc:
+        if exc.response.body:  # the body becomes an error message: no secret may ride in it
+            body = exc.response.body.decode("utf-8", "replace")
+            exc.response.body = redact(body, *secrets).encode()
+        if carries_secret and exc.response.status_code in _REDIRECTS:
+            status = exc.response.status_code
+            location = redact_url(redact(exc.response.headers.get("Location", "?"), *secrets))
+            raise handshake_error(status, None, (
+                f"the server redirected to {location}; a request carrying credentials does "
+                "not follow redirects: connect to that URL directly")) from None
         raise rejection(exc) from None
     except InvalidURI as exc:
         raise InvalidRequest("url", redact(str(exc), *secrets)) from None

@@ -219,3 +219,141 @@ async def test_wss_verifies_certificates_by_default(self_signed: tuple[str, str]
         trusting = ssl.create_default_context(cafile=cert)
         conn = await connect_turns(url, credentials=ApiKey.of(KEY), ssl_context=trusting)
         await conn.close()
+
+
+async def _http_server(status: int, body: str, headers: dict[str, str] | None = None) -> Any:
+    """A websockets server that refuses every upgrade with ``status`` and ``body``."""
+    from websockets.asyncio.server import serve
+
+    def refuse(connection: Any, request: Any) -> Any:
+        response = connection.respond(status, body)
+        for name, value in (headers or {}).items():
+            response.headers[name] = value
+        return response
+
+    async def never(ws: Any) -> None:  # pragma: no cover - every upgrade is refused
+        await ws.close()
+
+    return await serve(never, "127.0.0.1", 0, process_request=refuse, logger=_SILENT)
+
+
+#: the test's own stand-in servers log what they are sent; only the client's lines count
+_SILENT = logging.getLogger("tests.stand_in_server")
+_SILENT.propagate = False
+
+
+def _port(server: Any) -> int:
+    return int(next(iter(server.sockets)).getsockname()[1])
+
+
+async def test_a_credentialed_client_refuses_redirects() -> None:
+    """websockets strips Authorization on a cross-origin redirect but not the bearer
+    subprotocol or xi-api-key: a request carrying a credential follows no redirect."""
+    from websockets.asyncio.server import serve
+
+    from reson8_voice import HandshakeError
+    from reson8_voice.dialects.scribe_client import connect_scribe
+
+    seen: list[str] = []
+
+    def record(connection: Any, request: Any) -> None:
+        seen.append(str(request.headers))
+
+    async def echo(ws: Any) -> None:
+        await ws.wait_closed()
+
+    async with serve(echo, "127.0.0.1", 0, process_request=record, logger=_SILENT) as target:
+        location = f"ws://localhost:{_port(target)}/v1/speech-to-text/turns"
+        redirector = await _http_server(302, "", {"Location": location})
+        try:
+            url = f"ws://127.0.0.1:{_port(redirector)}"
+            for attempt in (
+                connect_turns(url, credentials=BearerToken.of(KEY, via="subprotocol")),
+                connect_turns(url, credentials=ApiKey.of(KEY)),
+                connect_scribe(url, api_key=KEY),
+            ):
+                with pytest.raises(HandshakeError) as info:
+                    await attempt
+                assert info.value.status == 302 and "redirect" in str(info.value)
+                assert KEY not in str(info.value)
+            assert seen == []  # the credential never reached the other origin
+            conn = await connect_turns(url)  # nothing to leak: an anonymous client follows
+            await conn.close()
+            assert len(seen) == 1
+        finally:
+            redirector.close()
+            await redirector.wait_closed()
+
+
+async def _service_errors(url: str) -> list[str]:
+    """What a turns service with :data:`KEY` reports of a refusal at ``url``: its first
+    ``on_connection_error`` message and every ErrorFrame (pushed upstream)."""
+    from pipecat.frames.frames import ErrorFrame
+
+    from .pipeline_harness import Recorder
+
+    stt = Reson8TurnsSTTService(api_key=KEY, url=url, rejected_retry_s=60,
+                                reconnect_delay_s=(60.0, 60.0))
+    messages: list[str] = []
+    reported = asyncio.Event()
+
+    @stt.event_handler("on_connection_error")
+    async def _on_error(service: Any, message: str) -> None:
+        messages.append(message)
+        reported.set()
+
+    upstream = Recorder()
+    async with Harness([upstream, stt]) as h:
+        await asyncio.wait_for(reported.wait(), 10)
+        await h.wait_for(lambda h: any(isinstance(f, ErrorFrame) for _, f in upstream.frames),
+                         5)
+    return [f.error for _, f in upstream.frames if isinstance(f, ErrorFrame)] + messages
+
+
+async def test_a_rejection_body_that_echoes_the_key_is_redacted(log_lines: list[str]) -> None:
+    """A server (or a proxy in front of it) that quotes the request back in its refusal:
+    the key reaches no exception, ErrorFrame, event handler or log line. A 500 reports an
+    ErrorFrame too, like 400 and 401."""
+    from reson8_voice.dialects.scribe_client import connect_scribe
+
+    texts: list[str] = []
+    for status in (400, 401, 403, 500):
+        body = json.dumps({"code": "X", "message": f"bad header: Authorization: ApiKey {KEY}"})
+        server = await _http_server(status, body)
+        url = f"ws://127.0.0.1:{_port(server)}"
+        try:
+            with pytest.raises(Reson8Error) as info:
+                await connect_turns(url, credentials=ApiKey.of(KEY))
+            texts += [str(info.value), repr(info.value), getattr(info.value, "message", "")]
+            with pytest.raises(Reson8Error) as info:
+                await connect_scribe(url, api_key=KEY)
+            texts += [str(info.value), repr(info.value)]
+            if status in (401, 500):
+                errors = await _service_errors(url)
+                assert f"{status} X" in errors[0]
+                texts += errors
+        finally:
+            server.close()
+            await server.wait_closed()
+    blob = "\n".join(texts + log_lines)
+    assert "bad header: Authorization: ApiKey ***" in blob  # the body did come through
+    assert KEY not in blob and KEY[8:] not in blob
+
+
+def test_services_refuse_a_key_over_plain_ws_when_built() -> None:
+    """Refused in ``__init__``, not later in a background task where nobody sees it."""
+    from reson8_voice.pipecat import (
+        Reson8GatewaySTTService,
+        Reson8RealtimeSTTService,
+        ScribeRealtimeSTTService,
+    )
+
+    remote = "ws://reson8.example.com"
+    for cls in (Reson8TurnsSTTService, Reson8RealtimeSTTService, ScribeRealtimeSTTService,
+                Reson8GatewaySTTService):
+        with pytest.raises(InvalidRequest) as info:
+            cls(api_key=KEY, url=remote)
+        assert info.value.parameter == "url" and KEY not in str(info.value)
+        cls(api_key=KEY, url=remote, allow_insecure=True)  # explicitly allowed
+        cls(url=remote)  # nothing to leak
+        cls(api_key=KEY, url="ws://127.0.0.1:1")  # loopback

@@ -25,6 +25,7 @@ from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
 
 from ..auth import Secret, redact_url
+from ..client import check_transport
 from ..dialects.gateway import (
     HOSTED_GATEWAY_URL,
     WORLD_PARTS,
@@ -96,6 +97,8 @@ class Reson8GatewaySTTService(VADTurnSTTService):
         self._api_key = Secret(api_key) if api_key else None
         self._url = url or (HOSTED_GATEWAY_URL if self._api_key else
                             os.environ.get("RESON8_GATEWAY_URL") or _DEFAULT_LOCAL_URL)
+        check_transport(self._url, carries_secret=self._api_key is not None,
+                        allow_insecure=self._allow_insecure)
         self._world_part = world_part
         self._enable_partials = enable_partials
         self._custom_model_id = custom_model_id

@@ -26,7 +26,7 @@ from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
 
 from ..auth import ApiKey, BearerToken, Credentials, redact_url
-from ..client import Reson8Connection, connect_realtime
+from ..client import Reson8Connection, check_transport, connect_realtime
 from ..errors import InvalidRequest, ServiceError
 from ..events import ErrorEvent, FlushConfirmation, Transcript, UnknownEvent
 from ..params import HOSTED_URL, RealtimeParams
@@ -118,6 +118,8 @@ class Reson8RealtimeSTTService(VADTurnSTTService):
             ApiKey.of(api_key) if api_key else BearerToken.of(token) if token else None)
         self._url = url or (HOSTED_URL if self._credentials else
                             os.environ.get("RESON8_URL") or _DEFAULT_LOCAL_URL)
+        check_transport(self._url, carries_secret=self._credentials is not None,
+                        allow_insecure=self._allow_insecure)
         self._encoding = encoding
         self._options = (custom_model_id, include_interim, include_words, include_confidence)
 

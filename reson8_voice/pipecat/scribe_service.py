@@ -35,6 +35,7 @@ from pipecat.utils.types import is_given
 
 from .. import g711
 from ..auth import Secret, redact_url
+from ..client import check_transport
 from ..dialects.scribe import (
     AUDIO_FORMATS,
     DEFAULT_MODEL_ID,
@@ -148,6 +149,8 @@ class ScribeRealtimeSTTService(VADTurnSTTService):
         has_credentials = self._api_key is not None or self._token is not None
         self._url = url or (HOSTED_SCRIBE_URL if has_credentials else
                             os.environ.get("SCRIBE_URL") or _DEFAULT_LOCAL_URL)
+        check_transport(self._url, carries_secret=has_credentials,
+                        allow_insecure=self._allow_insecure)
         self._telephony_encoding = telephony_encoding
         self._encoder: g711.G711Encoder | None = None
 

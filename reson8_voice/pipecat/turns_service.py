@@ -70,7 +70,7 @@ from ..arbiter import (
 )
 from ..auth import ApiKey, BearerToken, Credentials, redact_url
 from ..backlog import AudioBacklog
-from ..client import Reson8Connection, connect_turns
+from ..client import Reson8Connection, check_transport, connect_turns
 from ..engine.turn_engine import Job
 from ..errors import (
     BadRequest,
@@ -229,6 +229,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             ApiKey.of(api_key) if api_key else BearerToken.of(token) if token else None
         )
         self._url = _resolve_url(url, self._credentials is not None)
+        check_transport(self._url, carries_secret=self._credentials is not None,
+                        allow_insecure=allow_insecure)
         self._telephony_encoding = telephony_encoding
         self._should_interrupt = should_interrupt
         self._replay_buffer_s = replay_buffer_s
@@ -408,7 +410,9 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             except (Unauthorized, BadRequest) as exc:
                 await self._report_rejection(exc)
                 retry_after = self._rejected_retry_s
-            except (HandshakeError, ConnectionClosed, OSError, TimeoutError) as exc:
+            except HandshakeError as exc:  # 500, a refused redirect: may pass, so back off
+                await self._report_rejection(exc)
+            except (ConnectionClosed, OSError, TimeoutError) as exc:
                 await self._lost(f"unreachable: {exc}")
                 await self._call_event_handler("on_connection_error", str(exc))
             else:
@@ -551,7 +555,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
                        "local turn detection")
         else:
             param = getattr(exc, "parameter", None)
-            message = (f"Reson8 rejected the session (400 {exc.code})"
+            message = (f"Reson8 rejected the session ({exc.status} {exc.code})"
                        f"{f' for parameter {param!r}' if param else ''}: {exc.message}")
         await self._lost(f"rejected: HTTP {exc.status}")
         await self._push_service_error(message)
