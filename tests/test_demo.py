@@ -96,3 +96,38 @@ async def test_demo_call_prints_a_timeline_and_writes_the_report(tmp_path: Path)
     assert page.startswith("<!doctype html>") and "<svg" in page and "<script" not in page
     assert "hello i made a reservation for tonight" in page
     assert "src=" not in page and "href=" not in page  # self-contained
+
+
+async def test_a_credential_in_the_url_or_key_stays_out_of_the_output_and_report(
+        tmp_path: Path) -> None:
+    """``--url`` with a ``?token=`` and ``--api-key``: neither reaches the terminal, the
+    services list, events.json or timeline.html."""
+    from loguru import logger
+
+    from reson8_voice import Secret
+    from reson8_voice.server import Reson8Server, ServerConfig
+
+    key, token = "r8_live_DEMOSECRET_77aa", "tok_DEMOTOKEN_55bb"
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="TRACE")
+    try:
+        async with Reson8Server(ServerConfig(port=0, api_key=Secret(key)),
+                                scripted_runner()) as server:
+            out = io.StringIO()
+            options = DemoOptions(
+                url=f"{server.url}?token={token}", api_key=key, turns=(0,), speed=2.0,
+                report_dir=tmp_path, caller_hangs_up=True, stt_options={"watchdog_s": 6.0},
+                llm_factory=lambda ctx: ScriptedReplyLLM((), fallback="Noted."),
+                tts_factory=lambda: EspeakTTSService(rate_wpm=300),
+                caller_options={"greeting_wait_s": 0.5, "reply_pause_s": 0.3})
+            options.greeting = False
+            result = await run_demo(options, TerminalPrinter(stream=out, color=False))
+    finally:
+        logger.remove(sink)
+    assert result.summary.detected == 1  # the key was right: the server answered
+    assert result.report is not None
+    folder = result.report.parent
+    blob = "\n".join([out.getvalue(), str(result.services), *lines,
+                      *(p.read_text() for p in folder.iterdir())])
+    assert "token=***" in blob  # the URL is reported, masked
+    assert key not in blob and token not in blob

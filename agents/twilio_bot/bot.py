@@ -38,7 +38,7 @@ from pipecat.transports.websocket.fastapi import (
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
 
-from reson8_voice import CompletedTurn
+from reson8_voice import CompletedTurn, redact_url
 from reson8_voice.pipecat import Reson8TurnsSTTService
 
 from .dtmf import DTMFTurns
@@ -122,10 +122,11 @@ class BotConfig:
 
     def describe(self) -> dict[str, str]:
         """Which service does what, said plainly (no secrets)."""
+        url = redact_url(self.reson8_url) if self.reson8_url else None
         if self.reson8_api_key:
-            turns = f"hosted Reson8 ({self.reson8_url or 'wss://api.reson8.dev'})"
+            turns = f"hosted Reson8 ({url or 'wss://api.reson8.dev'})"
         else:
-            turns = f"Reson8-compatible server at {self.reson8_url or 'ws://127.0.0.1:8765'}"
+            turns = f"Reson8-compatible server at {url or 'ws://127.0.0.1:8765'}"
         llm = (f"OpenAI {self.openai_model} (OPENAI_API_KEY set)" if self.openai_api_key
                else "scripted reply agent, offline (set OPENAI_API_KEY for OpenAI)")
         tts = ("Cartesia (CARTESIA_API_KEY set)" if self.cartesia_api_key

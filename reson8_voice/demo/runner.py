@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..auth import redact_url
 from .caller import CallerOptions, SimulatedTwilioCaller
 from .report import write_report
 from .script import CallScript
@@ -256,7 +257,7 @@ async def run_demo(options: DemoOptions, printer: TerminalPrinter | None = None)
         report = write_report(folder, timeline, summary, {
             "started_at": dt.datetime.now().isoformat(timespec="seconds"),
             "services": services, "fixture": script.name,
-            "speed": options.speed, "reson8_url": url if options.url else "embedded",
+            "speed": options.speed, "reson8_url": redact_url(url) if options.url else "embedded",
             "caller": {"call_sid": caller.call_sid, "stream_sid": caller.stream_sid,
                        "ended_by": caller.ended_by}})
     return DemoResult(timeline, summary, report, caller, services, list(app.state.sessions))
