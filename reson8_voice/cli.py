@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import Secret
-from .client import is_loopback
-from .errors import ConnectionClosed, HandshakeError, Reson8Error, Unauthorized
+from .errors import ConnectionClosed, HandshakeError, InvalidRequest, Reson8Error, Unauthorized
 from .eventloop import EVENT_LOOPS, freeze_startup_objects, resolve_event_loop, run
 
 __all__ = ["main"]
@@ -35,19 +34,54 @@ def _add_loop_option(p: argparse.ArgumentParser) -> None:
                    help="event loop (default auto: uvloop when installed, else asyncio)")
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port, 0 (pick a free one) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be within 0..65535, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="run the embedded Reson8-compatible server",
                        description="Serve the turns and realtime endpoints from the local "
                        "engine (webrtcvad + smart-turn v3 + Whisper tiny.en), offline.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765,
+    p.add_argument("--port", type=_port, default=8765,
                    help="port (default 8765; 0 picks a free one and prints it)")
     p.add_argument("--api-key", default=None,
                    help="require this API key (default: $RESON8_API_KEY; required off loopback)")
     p.add_argument("--asr-model", default=None, metavar="PATH",
                    help="a CTranslate2 Whisper model directory (default: the bundled tiny.en)")
-    p.add_argument("--workers", type=int, default=2, help="inference threads (default 2)")
-    p.add_argument("--max-session-s", type=float, default=3600.0,
+    p.add_argument("--workers", type=_positive_int, default=2,
+                   help="recognitions run in parallel: inference threads and Whisper "
+                   "replicas (default 2; about one per core)")
+    p.add_argument("--max-session-s", type=_positive_float, default=3600.0,
                    help="longest session in seconds (default 3600)")
     _add_loop_option(p)
 
@@ -59,17 +93,22 @@ def _running_loop_name() -> str:
 
 async def _serve(args: argparse.Namespace) -> int:
     key = args.api_key or os.environ.get("RESON8_API_KEY") or None
-    if key is None and not is_loopback(args.host):
-        _err(f"refusing to serve on {args.host} without an API key: pass --api-key or set "
-             "RESON8_API_KEY (or bind 127.0.0.1)")
-        return EXIT_REFUSED
-    from .engine.models import LocalModels
     from .server.app import Reson8Server, ServerConfig
 
-    models = await asyncio.to_thread(LocalModels.load, args.asr_model)
-    config = ServerConfig(host=args.host, port=args.port,
-                          api_key=Secret(key) if key else None, workers=args.workers,
-                          max_session_s=args.max_session_s)
+    try:  # the configuration is checked before the models take their ~10 s to load
+        config = ServerConfig(host=args.host, port=args.port,
+                              api_key=Secret(key) if key else None, workers=args.workers,
+                              max_session_s=args.max_session_s)
+    except InvalidRequest as exc:
+        if exc.parameter == "host":
+            _err(f"refusing to serve on {args.host} without an API key: pass --api-key or "
+                 "set RESON8_API_KEY (or bind 127.0.0.1)")
+        else:
+            _err(f"--{exc.parameter.replace('_', '-')}: {exc}")
+        return EXIT_REFUSED
+    from .engine.models import LocalModels
+
+    models = await asyncio.to_thread(LocalModels.load, args.asr_model, workers=args.workers)
     server = Reson8Server(config, models.run)
     await server.start()
     from loguru import logger
@@ -222,8 +261,9 @@ async def _start_embedded() -> Any:
     from .engine.models import LocalModels
     from .server.app import Reson8Server, ServerConfig
 
-    models = await asyncio.to_thread(LocalModels.load)
-    server = Reson8Server(ServerConfig(port=0), models.run)
+    config = ServerConfig(port=0)
+    models = await asyncio.to_thread(LocalModels.load, workers=config.workers)
+    server = Reson8Server(config, models.run)
     await server.start()
     return server
 

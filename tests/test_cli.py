@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 
 from reson8_voice.auth import Secret
-from reson8_voice.cli import EXIT_CONNECTION, EXIT_OK, EXIT_USAGE, build_parser, main
+from reson8_voice.cli import (
+    EXIT_CONNECTION,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_USAGE,
+    build_parser,
+    main,
+)
 from reson8_voice.demo.transcribe import (
     TranscribeOptions,
     UnreadableAudio,
@@ -137,3 +145,61 @@ async def test_wrong_api_key_exits_4_and_names_the_key() -> None:
 def test_parser_knows_the_three_commands() -> None:
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert set(sub.choices) == {"serve", "demo", "transcribe"}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--port", "70000"], "--port: must be within 0..65535, got 70000"),
+    (["--port", "-1"], "--port: must be within 0..65535"),
+    (["--port", "http"], "--port: not a port number"),
+    (["--workers", "0"], "--workers: must be at least 1, got 0"),
+    (["--workers", "-3"], "--workers: must be at least 1, got -3"),
+    (["--max-session-s", "0"], "--max-session-s: must be a positive number"),
+])
+def test_serve_rejects_bad_numbers_at_the_command_line(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from reson8_voice.engine import models
+
+    monkeypatch.setattr(models.LocalModels, "load", _no_model_load)
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", *argv])
+    assert exc.value.code == EXIT_USAGE
+    assert needle in capsys.readouterr().err
+
+
+def _no_model_load(*args: object, **kwargs: object) -> None:
+    raise AssertionError("the models must not be loaded")
+
+
+def test_serve_refuses_a_public_bind_before_loading_the_models(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """ServerConfig refuses it (one rule for library and CLI); the CLI builds the config
+    before the ~10 s model load and says how to fix it."""
+    from reson8_voice.engine import models
+
+    monkeypatch.delenv("RESON8_API_KEY", raising=False)
+    monkeypatch.setattr(models.LocalModels, "load", _no_model_load)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == EXIT_REFUSED
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["reson8-voice: error: refusing to serve on 0.0.0.0 without an API key: "
+                   "pass --api-key or set RESON8_API_KEY (or bind 127.0.0.1)"]
+
+
+def test_serve_workers_reach_whisper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--workers sizes the inference pool and the Whisper replicas (num_workers): with one
+    replica, concurrent recognitions would queue inside CTranslate2 whatever the pool."""
+    from reson8_voice.engine import asr, eot
+
+    seen: dict[str, object] = {}
+
+    class FakeWhisper:
+        def __init__(self, model_path: object = None, **kwargs: object) -> None:
+            seen.update(kwargs, model_path=model_path)
+            raise ImportError("stop here")
+
+    monkeypatch.setattr(asr, "WhisperRecognizer", FakeWhisper)
+    monkeypatch.setattr(eot, "SmartTurnModel", lambda: None)
+    assert main(["serve", "--port", "0", "--workers", "3"]) == EXIT_FAILURE
+    assert seen["num_workers"] == 3

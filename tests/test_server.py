@@ -404,8 +404,26 @@ async def test_repeated_authorization_headers_are_401_not_500(
     assert (status, body["code"]) == (401, "UNAUTHORIZED")
 
 
-async def test_the_library_refuses_a_public_bind_without_a_key() -> None:
-    server = Reson8Server(ServerConfig(host="0.0.0.0", port=0), scripted_runner())
+def test_the_library_refuses_a_public_bind_without_a_key() -> None:
+    """The configuration itself refuses it, so no caller (CLI, library, replace()) can
+    build a server that would listen publicly without a key."""
+    import dataclasses
+
     with pytest.raises(InvalidRequest) as info:
-        await server.start()
-    assert info.value.parameter == "host"
+        ServerConfig(host="0.0.0.0", port=0)
+    assert info.value.parameter == "host" and "without an API key" in str(info.value)
+    with pytest.raises(InvalidRequest):
+        dataclasses.replace(ServerConfig(port=0), host="::")
+    assert ServerConfig(host="0.0.0.0", api_key=Secret(KEY)).host == "0.0.0.0"
+    assert ServerConfig(host="::1").host == "::1"  # loopback needs no key
+
+
+@pytest.mark.parametrize(("changes", "parameter"), [
+    ({"port": 70000}, "port"), ({"port": -1}, "port"), ({"workers": 0}, "workers"),
+    ({"workers": -2}, "workers"), ({"max_message_bytes": 0}, "max_message_bytes"),
+    ({"max_session_s": 0}, "max_session_s"), ({"ping_timeout": -1.0}, "ping_timeout"),
+])
+def test_server_config_names_a_bad_setting(changes: dict[str, Any], parameter: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        ServerConfig(**changes)
+    assert info.value.parameter == parameter

@@ -41,8 +41,13 @@ class LocalModels:
     end_of_turn: EndOfTurnModel
 
     @classmethod
-    def load(cls, asr_model: str | None = None) -> LocalModels:
+    def load(cls, asr_model: str | None = None, *, workers: int = 1) -> LocalModels:
         """Load Whisper (the bundled tiny.en, or ``asr_model``) and smart-turn v3, offline.
+
+        ``workers``: Whisper replicas (CTranslate2 ``num_workers``, one copy of the
+        weights): up to this many recognitions run at once. Give it the size of the
+        server's inference pool (``ServerConfig.workers``); with one replica, concurrent
+        recognitions queue inside CTranslate2 whatever the pool size.
 
         Raises:
             ImportError: the ``local`` extra is not installed (the message says so).
@@ -50,7 +55,12 @@ class LocalModels:
         from .asr import WhisperRecognizer
         from .eot import SmartTurnModel
 
-        return cls(WhisperRecognizer(asr_model), SmartTurnModel())
+        return cls(WhisperRecognizer(asr_model, num_workers=workers), SmartTurnModel())
+
+    @property
+    def languages(self) -> frozenset[str]:
+        """Language codes the recogniser accepts (the server refuses others at the upgrade)."""
+        return self.recognizer.languages
 
     def run(self, job: Job) -> Any:
         """Run one engine job; returns what :meth:`TurnEngine.resolve` expects."""

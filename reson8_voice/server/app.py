@@ -62,7 +62,13 @@ JobRunner = Callable[[Job], Any]
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    """Settings of the embedded server."""
+    """Settings of the embedded server, checked when built.
+
+    Raises:
+        InvalidRequest: naming the setting: ``host`` off loopback without ``api_key`` (a
+            public bind needs a key), ``port`` outside 0..65535, ``workers`` below 1, a
+            limit or interval that is not positive.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8765
@@ -74,6 +80,23 @@ class ServerConfig:
     #: inference threads shared by all sessions
     workers: int = 2
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def __post_init__(self) -> None:
+        if self.api_key is None and not is_loopback(self.host):
+            raise InvalidRequest("host", f"refusing to serve on {self.host} without an API "
+                                 "key: set ServerConfig.api_key (or bind 127.0.0.1)")
+        if isinstance(self.port, bool) or not isinstance(self.port, int) \
+                or not 0 <= self.port <= 65535:
+            raise InvalidRequest("port", f"must be within 0..65535, got {self.port!r}")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) \
+                or self.workers < 1:
+            raise InvalidRequest("workers", f"must be a whole number >= 1, got {self.workers!r}")
+        if self.max_message_bytes < 1:
+            raise InvalidRequest("max_message_bytes", "must be positive")
+        for name in ("max_session_s", "ping_interval", "ping_timeout"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise InvalidRequest(name, f"must be positive, got {value!r}")
 
 
 #: HTML-significant characters, escaped in error bodies (JSON allows ``\u003c``): a
@@ -148,9 +171,6 @@ class Reson8Server:
 
     async def start(self) -> None:
         """Load the models (if none were given) and start listening."""
-        if self.config.api_key is None and not is_loopback(self.config.host):
-            raise InvalidRequest("host", f"refusing to serve on {self.config.host} without an "
-                                 "API key: set ServerConfig.api_key (or bind 127.0.0.1)")
         if self._run_job is None:
             from ..engine.models import LocalModels
 
