@@ -427,3 +427,62 @@ def test_server_config_names_a_bad_setting(changes: dict[str, Any], parameter: s
     with pytest.raises(InvalidRequest) as info:
         ServerConfig(**changes)
     assert info.value.parameter == parameter
+
+
+def _english_models() -> Any:
+    """LocalModels around an English-only scripted recogniser (what tiny.en is)."""
+    from reson8_voice.engine.asr import ScriptedRecognizer
+    from reson8_voice.engine.eot import ScriptedEndOfTurn
+    from reson8_voice.engine.models import LocalModels
+
+    return LocalModels(ScriptedRecognizer(["hello"], cycle=True), ScriptedEndOfTurn(0.0))
+
+
+@pytest.mark.parametrize("path", [TURNS, REALTIME])
+async def test_a_language_the_recogniser_cannot_do_is_refused_at_the_upgrade(
+    path: str,
+) -> None:
+    """tiny.en is English only: language=fr used to be accepted and then fail the session
+    at its first recognition (INTERNAL_ERROR, close 1011). The server learns the
+    recogniser's languages from LocalModels.run (as the CLI passes it) and says 400."""
+    models = _english_models()
+    async with Reson8Server(ServerConfig(port=0), models.run) as srv:
+        assert srv.languages == frozenset({"en"})
+        for language in ("fr", "fr-FR", "de"):
+            status, body = await _rejection(
+                f"{srv.url}{path}?{urlencode({'encoding': 'pcm_s16le', 'language': language})}")
+            assert (status, body["code"], body["parameter"]) == (400, "INVALID_REQUEST",
+                                                                 "language")
+            assert repr(language) in body["message"] and "supported: en" in body["message"]
+        async with raw_connect(f"{srv.url}{path}?encoding=pcm_s16le&language=en-US") as ws:
+            await ws.send(b"\x00" * 3200)
+            await ws.ping()  # the session is open and well
+
+
+async def test_languages_can_be_given_and_bare_runners_accept_any_code(
+    server: Reson8Server,
+) -> None:
+    assert server.languages is None  # a bare function says nothing: any well-formed code
+    async with raw_connect(f"{server.url}{TURNS}?encoding=pcm_s16le&language=fr"):
+        pass
+    async with Reson8Server(ServerConfig(port=0), scripted_runner(),
+                            languages=frozenset({"en", "nl"})) as srv:
+        async with raw_connect(f"{srv.url}{TURNS}?encoding=pcm_s16le&language=nl"):
+            pass
+        status, body = await _rejection(f"{srv.url}{TURNS}?encoding=pcm_s16le&language=fr")
+        assert (status, body["parameter"]) == (400, "language")
+
+
+async def test_the_dialects_refuse_an_unsupported_language_when_the_session_opens() -> None:
+    """The gateway (init config) and Scribe (language_code) report it as their own
+    parameter errors before any audio, not as a failed recognition later."""
+    async with Reson8Server(ServerConfig(port=0), _english_models().run) as srv:
+        async with raw_connect(srv.gateway_url) as ws:
+            await ws.send(json.dumps({"type": "init", "config": {"language": "fr"}}))
+            error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert error["type"] == "error" and error["code"] == "invalid_config"
+            assert "'language'" in error["message"] and "'fr'" in error["message"]
+        async with raw_connect(f"{srv.scribe_url}/v1/speech-to-text/realtime"
+                               "?model_id=scribe_v2_realtime&language_code=fr") as ws:
+            error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert error["message_type"] == "input_error" and "'fr'" in error["error"]

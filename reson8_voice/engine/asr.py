@@ -50,6 +50,7 @@ __all__ = [
     "ScriptedRecognizer",
     "StreamResampler",
     "WhisperRecognizer",
+    "check_language",
     "pcm16_to_float32",
     "resample_pcm16",
 ]
@@ -226,11 +227,17 @@ def _primary_language(language: str | None) -> str | None:
     return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0] or None
 
 
-def _check_language(language: str | None, languages: frozenset[str]) -> str | None:
+def check_language(language: str | None, languages: frozenset[str]) -> str | None:
+    """The primary code of ``language`` (``"en-US"`` -> ``"en"``), if ``languages`` has it.
+
+    Raises:
+        InvalidRequest: naming ``language``, which the recogniser cannot transcribe.
+    """
     code = _primary_language(language)
     if code is not None and code not in languages:
+        quoted = repr(language[:40]) if language else repr(language)
         raise InvalidRequest(
-            "language", f"{language!r} is not supported by this model "
+            "language", f"{quoted} is not supported by this model "
             f"(supported: {', '.join(sorted(languages)[:20])})"
         )
     return code
@@ -378,7 +385,7 @@ class WhisperRecognizer:
 
         ``language=None`` means English for an English-only model, detection otherwise.
         """
-        code = _check_language(language, self._languages)
+        code = check_language(language, self._languages)
         if not self.multilingual:
             code = "en"
         audio = pcm16_to_float32(pcm16)
@@ -526,7 +533,7 @@ class ScriptedRecognizer:
         self, pcm16: PcmInput, language: str | None = None, *, word_timestamps: bool = False
     ) -> Recognition:
         """Return the next scripted result (see the class docstring)."""
-        code = _check_language(language, self.supported) or self.language
+        code = check_language(language, self.supported) or self.language
         seconds = pcm16_to_float32(pcm16).size / SAMPLE_RATE
         with self._lock:
             self.calls.append(seconds)

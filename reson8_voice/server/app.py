@@ -39,6 +39,7 @@ from websockets.typing import Subprotocol
 
 from ..auth import Secret, parse_auth, websocket_logger
 from ..client import is_loopback
+from ..engine.asr import check_language
 from ..engine.turn_engine import (
     EndOfTurnJob,
     EngineConfig,
@@ -99,6 +100,15 @@ class ServerConfig:
                 raise InvalidRequest(name, f"must be positive, got {value!r}")
 
 
+def _languages_of(run_job: JobRunner | None) -> frozenset[str] | None:
+    """The ``languages`` of a job runner, or of the object a bound-method runner is of."""
+    for owner in (run_job, getattr(run_job, "__self__", None)):
+        languages = getattr(owner, "languages", None)
+        if languages is not None:
+            return frozenset(languages)
+    return None
+
+
 #: HTML-significant characters, escaped in error bodies (JSON allows ``\u003c``): a
 #: rejected value is quoted back to the client, never as markup a browser would run
 _HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -117,13 +127,21 @@ class Reson8Server:
 
     ``run_job`` runs one engine job (recognition or end-of-turn judgement); by default the
     local models of the ``local`` extra are loaded on :meth:`start`.
+
+    ``languages``: the codes the recogniser transcribes; a ``language`` (or a dialect's
+    language setting) outside them is refused when the session opens (400 naming
+    ``language`` at the upgrade), never mid-session. By default they come from the
+    recogniser: ``run_job``'s ``languages`` attribute, or its owner's for a bound method
+    such as ``LocalModels.run``; ``None`` (a bare function) accepts any well-formed code.
     """
 
     def __init__(self, config: ServerConfig | None = None,
-                 run_job: JobRunner | None = None) -> None:
+                 run_job: JobRunner | None = None, *,
+                 languages: frozenset[str] | None = None) -> None:
         """Create a server; nothing is bound until :meth:`start`."""
         self.config = config or ServerConfig()
         self._run_job = run_job
+        self.languages = languages if languages is not None else _languages_of(run_job)
         self._server: Server | None = None
         self._pool: ThreadPoolExecutor | None = None
         #: what the upgrade decided, per connection (weakly held: a handshake that fails
@@ -132,8 +150,8 @@ class Reson8Server:
         self._params: WeakKeyDictionary[ServerConnection, TurnsParams | RealtimeParams] = (
             WeakKeyDictionary())
         #: the other dialects of the spec folder (spec 002 and 004), on the same engine
-        self.gateway = GatewayEndpoint(self.config, self._infer)
-        self.scribe = ScribeEndpoint(self.config, self._infer)
+        self.gateway = GatewayEndpoint(self.config, self._infer, self._check_language)
+        self.scribe = ScribeEndpoint(self.config, self._infer, self._check_language)
         self._dialect_sessions: WeakKeyDictionary[
             ServerConnection, GatewaySession | ScribeSession] = WeakKeyDictionary()
         self.sessions_active = 0
@@ -174,8 +192,10 @@ class Reson8Server:
         if self._run_job is None:
             from ..engine.models import LocalModels
 
-            models = await asyncio.to_thread(LocalModels.load)
+            models = await asyncio.to_thread(LocalModels.load, workers=self.config.workers)
             self._run_job = models.run
+            if self.languages is None:
+                self.languages = models.languages
         self._pool = ThreadPoolExecutor(self.config.workers, thread_name_prefix="reson8-infer")
         self._server = await serve(
             self._handle,
@@ -252,6 +272,7 @@ class Reson8Server:
                                           "invalid or expired credentials")
             try:
                 params = params_cls.from_query(parts.query)
+                self._check_language(params.language)
             except InvalidRequest as exc:
                 return _json_response(HTTPStatus.BAD_REQUEST, "INVALID_REQUEST", str(exc),
                                       parameter=exc.parameter)
@@ -261,6 +282,11 @@ class Reson8Server:
             logger.exception("reson8 server: unexpected failure during the upgrade")
             return _json_response(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL_ERROR",
                                   "unexpected server error")
+
+    def _check_language(self, language: str | None) -> None:
+        """Refuse a language the recogniser cannot do (``InvalidRequest`` naming it)."""
+        if language is not None and self.languages is not None:
+            check_language(language, self.languages)
 
     # -- a session -----------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:

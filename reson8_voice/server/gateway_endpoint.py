@@ -115,10 +115,13 @@ class GatewayEndpoint:
 
     path = GATEWAY_PATH
 
-    def __init__(self, config: ServerConfig, infer: Infer) -> None:
-        """Serve with the server's ``config`` (key, limits, engine) and inference pool."""
+    def __init__(self, config: ServerConfig, infer: Infer,
+                 check_language: Callable[[str | None], None] | None = None) -> None:
+        """Serve with the server's ``config`` (key, limits, engine) and inference pool;
+        ``check_language`` raises ``InvalidRequest`` for a language the recogniser lacks."""
         self.config = config
         self.infer = infer
+        self.check_language = check_language or (lambda language: None)
         self.init_timeout_s = 10.0
         #: per-endpoint counters (sessions, keepalives, finalizes), for operators and tests
         self.stats: dict[str, int] = {"sessions": 0, "keepalives": 0, "finalizes": 0,
@@ -186,6 +189,7 @@ class GatewaySession:
             return
         try:
             params = message.config.to_realtime_params()
+            endpoint.check_language(params.language)
         except InvalidRequest as exc:
             await self._abort(ws, "invalid_config", str(exc), 1008)
             return

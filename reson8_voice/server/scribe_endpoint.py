@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import math
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -91,10 +92,13 @@ class ScribeEndpoint:
 
     path = SCRIBE_EMBEDDED_PATH
 
-    def __init__(self, config: ServerConfig, infer: Infer) -> None:
-        """Serve with the server's ``config`` (key, limits, engine) and inference pool."""
+    def __init__(self, config: ServerConfig, infer: Infer,
+                 check_language: Callable[[str | None], None] | None = None) -> None:
+        """Serve with the server's ``config`` (key, limits, engine) and inference pool;
+        ``check_language`` raises ``InvalidRequest`` for a language the recogniser lacks."""
         self.config = config
         self.infer = infer
+        self.check_language = check_language or (lambda language: None)
         #: end a session that sends no chunk for this long (None: never), like the hosted
         #: service's insufficient_audio_activity
         self.idle_timeout_s: float | None = None
@@ -116,6 +120,7 @@ class ScribeEndpoint:
         if error is None:
             try:
                 params = ScribeParams.from_query(pairs)
+                self.check_language(params.language_code)
             except InvalidRequest as exc:
                 error = ("input_error", str(exc))
         return ScribeSession(self, params, error)
