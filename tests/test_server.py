@@ -486,3 +486,52 @@ async def test_the_dialects_refuse_an_unsupported_language_when_the_session_open
                                "?model_id=scribe_v2_realtime&language_code=fr") as ws:
             error = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert error["message_type"] == "input_error" and "'fr'" in error["error"]
+
+
+async def test_a_flush_before_the_header_does_not_fix_the_rate(server: Reson8Server) -> None:
+    """encoding=auto: a flush_request before any audio used to build the engine at
+    16 kHz, so the 8 kHz WAV that followed ran at double speed (times halved). It is
+    confirmed at once, with nothing to transcribe, and the header still sets the rate."""
+    fx = load_fixture("short_answers")
+    async with raw_connect(f"{server.url}{REALTIME}?include_timestamps=true") as ws:
+        await ws.send(json.dumps({"type": "flush_request", "id": "early"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {
+            "type": "flush_confirmation", "id": "early"}
+        pcm = fx.pcm16()
+        await ws.send(_streaming_wav_header(8000, fmt=1, bits=16) + pcm[:16000])
+        for i in range(16000, len(pcm), 16000):
+            await ws.send(pcm[i:i + 16000])
+        await ws.send(json.dumps({"type": "flush_request", "id": "late"}))
+        finals: list[dict[str, Any]] = []
+        while (message := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] \
+                != "flush_confirmation":
+            finals.append(message)
+        assert message["id"] == "late"
+    assert len(finals) == len(fx.turns)
+    for final, truth in zip(finals, fx.turns, strict=True):
+        assert abs(final["start_ms"] - truth.start_ms) <= 400, (final, truth)
+        assert truth.duration_ms <= final["duration_ms"] <= truth.duration_ms + 1000
+
+
+async def test_a_gateway_finalize_before_the_header_does_not_fix_the_rate(
+    server: Reson8Server,
+) -> None:
+    import base64
+
+    fx = load_fixture("short_answers")
+    first = fx.turns[0]
+    pcm = fx.pcm16()[: (first.end_ms + 1500) * 16]  # the first answer and 1.5 s of silence
+    async with raw_connect(server.gateway_url) as ws:
+        await ws.send(json.dumps({"type": "init", "config": {"encoding": "auto"}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+        await ws.send(json.dumps({"type": "finalize"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == \
+            "flush_confirmation"
+        audio = _streaming_wav_header(8000, fmt=1, bits=16) + pcm
+        await ws.send(json.dumps({"type": "audio",
+                                  "data": base64.b64encode(audio).decode()}))
+        final = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert final["type"] == "final_transcript"
+    # the segment: the answer, the 300 ms pre-roll and the 300 ms of silence that end it
+    assert first.duration_ms / 1000 + 0.4 <= final["duration"] <= first.duration_ms / 1000 + 1.0, \
+        (final, first)

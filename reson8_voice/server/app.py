@@ -49,7 +49,7 @@ from ..engine.turn_engine import (
     TurnEngine,
 )
 from ..errors import InvalidRequest, RemoteProtocolError
-from ..events import ErrorEvent, Event, FlushRequest
+from ..events import ErrorEvent, Event, FlushConfirmation, FlushRequest
 from ..params import REALTIME_PATH, TURNS_PATH, RealtimeParams, TurnsParams
 from ..wire import parse_event, serialize_event
 from .audio_input import AudioInput, UnsupportedAudio
@@ -419,6 +419,11 @@ class Reson8Server:
                     logger.warning(f"reson8 server: bad client message: {exc}")
                     continue
                 if isinstance(event, FlushRequest) and isinstance(params, RealtimeParams):
+                    if engine is None and not audio.format_known:
+                        # nothing buffered, and no engine yet: building one now would fix
+                        # the rate before the header says it (8 kHz audio ran at 2x)
+                        await self._send(ws, FlushConfirmation(event.id))
+                        continue
                     if engine is None:
                         engine = self._engine(params, audio.output_rate)
                     assert isinstance(engine, TranscriptEngine)

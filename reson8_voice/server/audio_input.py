@@ -56,6 +56,12 @@ class AudioInput:
             self._configure(encoding, sample_rate, channels)
 
     @property
+    def format_known(self) -> bool:
+        """Whether the audio format (and so :attr:`output_rate`) is settled: always with an
+        explicit encoding, after the container header with ``auto``."""
+        return self._header_done
+
+    @property
     def decoding_in_background(self) -> bool:
         """Whether a container decoder may have audio ready between messages."""
         return self._container is not None

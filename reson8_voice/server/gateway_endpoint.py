@@ -244,7 +244,12 @@ class GatewaySession:
             elif isinstance(message, GatewayFinalize):
                 endpoint.stats["finalizes"] += 1
                 self._flushes += 1
-                ensure_driver().engine.flush(f"flush-{self._flushes:03d}")
+                flush_id = f"flush-{self._flushes:03d}"
+                if driver is None and not audio.format_known:
+                    # no audio yet: confirm without fixing the rate before the header
+                    await self._send(ws, GatewayFlushConfirmation(flush_id))
+                    continue
+                ensure_driver().engine.flush(flush_id)
             elif isinstance(message, GatewayKeepalive):
                 endpoint.stats["keepalives"] += 1
                 continue
