@@ -535,3 +535,100 @@ async def test_a_gateway_finalize_before_the_header_does_not_fix_the_rate(
     # the segment: the answer, the 300 ms pre-roll and the 300 ms of silence that end it
     assert first.duration_ms / 1000 + 0.4 <= final["duration"] <= first.duration_ms / 1000 + 1.0, \
         (final, first)
+
+
+def _flac(pcm16: bytes, rate: int, *, live: bool = False) -> bytes:
+    """FLAC of mono s16le audio with libFLAC's (and sox's) 4096-sample frames. ``live``
+    zeroes the STREAMINFO sample count, as an encoder writing to a pipe leaves it."""
+    import io
+
+    import av
+    import numpy as np
+
+    samples = np.frombuffer(pcm16, dtype=np.int16)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="flac") as out:
+        stream = out.add_stream("flac", rate=rate, layout="mono",
+                                options={"frame_size": "4096"})
+        for i in range(0, len(samples), rate // 50):
+            frame = av.AudioFrame.from_ndarray(samples[None, i:i + rate // 50], format="s16",
+                                               layout="mono")
+            frame.sample_rate = rate
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    data = bytearray(buf.getvalue())
+    assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO at bytes 8..41
+    total = ((data[21] & 0x0F) << 32) | int.from_bytes(data[22:26], "big")
+    assert total == len(samples)
+    if live:
+        data[21] &= 0xF0
+        data[22:26] = bytes(4)
+    return bytes(data)
+
+
+async def test_flac_is_not_held_back_while_the_stream_is_open(server: Reson8Server) -> None:
+    """FFmpeg's FLAC demuxer looked ten frames ahead: 4.9 s of an 8 kHz stream with
+    4096-sample frames stayed undecoded while the stream was open, longer than the
+    fixture's 1.5 s of trailing silence, so the last turn never ended. Frames are now
+    decoded as they complete: every turn ends, with the connection still open and the
+    stream's length unknown (a live encoder's)."""
+    fx = load_fixture("short_answers")
+    data = _flac(fx.pcm16(), 8000, live=True)
+    async with raw_connect(server.url + TURNS) as ws:  # encoding=auto
+        for i in range(0, len(data), 2000):
+            await ws.send(data[i:i + 2000])
+        checker = TurnStateMachine()
+        turns = []
+        while len(turns) < len(fx.turns):
+            turn = checker.process(parse_event(await asyncio.wait_for(ws.recv(), 20)))
+            if turn is not None:
+                turns.append(turn)
+        await ws.ping()  # still open: nothing ended the stream but its audio
+    assert all(turn.text for turn in turns)  # each turn had its candidate
+
+
+@pytest.mark.parametrize("container", ["flac", "wav"])
+async def test_the_end_of_a_sized_stream_ends_the_last_turn(
+    server: Reson8Server, container: str,
+) -> None:
+    """A FLAC with its sample count (or a WAV with its data size) is over once it has all
+    arrived: the decoder's tail goes to the engine and its stream ends, so the last turn is
+    committed although only 300 ms of silence follow it (turn_end needs 720-780 ms). Bytes
+    after the end are ignored and the session stays open."""
+    fx = load_fixture("short_answers")
+    last = fx.turns[-1]
+    pcm = fx.pcm16()[: (last.end_ms + 300) * 16]
+    if container == "flac":
+        data = _flac(pcm, 8000)
+    else:
+        data = (_streaming_wav_header(8000, fmt=1, bits=16)[:40] + struct.pack("<I", len(pcm))
+                + pcm)
+    async with raw_connect(server.url + TURNS) as ws:  # encoding=auto
+        for i in range(0, len(data), 2000):
+            await ws.send(data[i:i + 2000])
+        checker = TurnStateMachine()
+        turns = []
+        while len(turns) < len(fx.turns):
+            turn = checker.process(parse_event(await asyncio.wait_for(ws.recv(), 20)))
+            if turn is not None:
+                turns.append(turn)
+        await ws.send(b"LIST" + bytes(100))  # a trailing chunk: ignored
+        await ws.ping()
+    assert len(turns) == len(fx.turns) and all(t.text for t in turns)
+
+
+async def test_the_end_of_a_sized_flac_gives_the_realtime_final(server: Reson8Server) -> None:
+    fx = load_fixture("short_answers")
+    last = fx.turns[-1]
+    data = _flac(fx.pcm16()[: (last.end_ms + 100) * 16], 8000)  # too little silence to end it
+    async with raw_connect(server.url + REALTIME + "?include_timestamps=true") as ws:
+        for i in range(0, len(data), 2000):
+            await ws.send(data[i:i + 2000])
+        finals = [json.loads(await asyncio.wait_for(ws.recv(), 20)) for _ in fx.turns]
+        await ws.send(json.dumps({"type": "flush_request", "id": "after"}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {
+            "type": "flush_confirmation", "id": "after"}
+    assert [f["type"] for f in finals] == ["transcript"] * len(fx.turns)
+    assert abs(finals[-1]["start_ms"] - last.start_ms) <= 400

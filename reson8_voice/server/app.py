@@ -375,8 +375,20 @@ class Reson8Server:
         engine: TurnEngine | TranscriptEngine | None = None
         if params.encoding != "auto":
             engine = self._engine(params, audio.output_rate)
+        #: the container said the stream is complete (a WAV's data size, a FLAC's sample
+        #: count): the engine has had all of it and its end, and has said all it will
+        ended = False
         limit = self.config.max_message_bytes
+
+        def take(pcm: bytes) -> None:
+            nonlocal engine
+            if pcm:
+                if engine is None:
+                    engine = self._engine(params, audio.output_rate)
+                engine.feed(pcm)
+
         while True:
+            message: str | bytes
             try:
                 if audio.decoding_in_background:
                     # a container decoder delivers audio between messages too: poll it
@@ -384,17 +396,7 @@ class Reson8Server:
                 else:
                     message = await ws.recv()
             except TimeoutError:
-                try:
-                    pcm = audio.feed(b"")
-                except UnsupportedAudio as exc:
-                    await self._fail(ws, exc.code, str(exc), 1003)
-                    return
-                if pcm:
-                    if engine is None:
-                        engine = self._engine(params, audio.output_rate)
-                    engine.feed(pcm)
-                    await self._drive(ws, engine)
-                continue
+                message = b""
             except ConnectionClosedOK:
                 return
             if len(message) > limit:
@@ -402,16 +404,18 @@ class Reson8Server:
                                  f"messages are limited to {limit} bytes", 1009)
                 return
             if isinstance(message, bytes):
+                if ended:
+                    continue  # after the end (a WAV's trailing chunks): nothing to hear
                 try:
-                    pcm = audio.feed(message)
+                    take(audio.feed(message))
+                    if audio.ended:
+                        ended = True
+                        take(audio.finish())  # the decoder's and resampler's tail
+                        if engine is not None:
+                            engine.end_of_stream()  # commits the open turn or segment
                 except UnsupportedAudio as exc:
                     await self._fail(ws, exc.code, str(exc), 1003)
                     return
-                if not pcm:
-                    continue
-                if engine is None:
-                    engine = self._engine(params, audio.output_rate)
-                engine.feed(pcm)
             else:
                 try:
                     event = parse_event(message)
@@ -419,20 +423,21 @@ class Reson8Server:
                     logger.warning(f"reson8 server: bad client message: {exc}")
                     continue
                 if isinstance(event, FlushRequest) and isinstance(params, RealtimeParams):
-                    if engine is None and not audio.format_known:
-                        # nothing buffered, and no engine yet: building one now would fix
-                        # the rate before the header says it (8 kHz audio ran at 2x)
+                    if ended or (engine is None and not audio.format_known):
+                        # nothing is buffered: after the end, or before the header (building
+                        # the engine now would fix the rate before the header says it)
                         await self._send(ws, FlushConfirmation(event.id))
                         continue
                     if engine is None:
                         engine = self._engine(params, audio.output_rate)
+                    take(audio.feed(b""))  # what a container decoder has ready
                     assert isinstance(engine, TranscriptEngine)
-                    engine.feed(audio.feed(b""))  # what a container decoder has ready
                     engine.flush(event.id)
                 else:
                     logger.warning(f"reson8 server: ignored client message {event.type!r}")
                     continue
-            await self._drive(ws, engine)
+            if engine is not None:
+                await self._drive(ws, engine)
 
     async def _drive(self, ws: ServerConnection, engine: TurnEngine | TranscriptEngine) -> None:
         loop = asyncio.get_running_loop()

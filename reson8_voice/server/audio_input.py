@@ -9,6 +9,11 @@ recognised by their magic bytes and decoded as they stream in by PyAV
 audio with ``encoding=auto`` is refused with a clear error rather than transcribed as
 noise.
 
+Where the container says how long the stream is (a WAV data size, a FLAC STREAMINFO
+sample count), :attr:`AudioInput.ended` turns true once it has all been received and
+:meth:`AudioInput.finish` hands out the decoder's and resampler's tail: the session ends
+the engine's stream there, so the last turn ends even without trailing silence.
+
 Output is mono s16le at 8 kHz (8 kHz input: the VAD's native rate, no resampling) or
 16 kHz (everything else, resampled with soxr). Frames may split samples anywhere: bytes
 are carried over to the next message.
@@ -23,7 +28,7 @@ import soxr
 
 from .. import g711
 from ..errors import AudioFormatError
-from .container import ContainerDecoder, pyav_available
+from .container import ContainerDecoder, FlacDecoder, pyav_available
 
 __all__ = ["AudioInput", "UnsupportedAudio"]
 
@@ -51,7 +56,8 @@ class AudioInput:
         self._header_done = encoding != "auto"
         self._resampler: soxr.ResampleStream | None = None
         self._remaining: int | None = None  # bytes of WAV data left, None = unbounded
-        self._container: ContainerDecoder | None = None
+        self._container: ContainerDecoder | FlacDecoder | None = None
+        self._finished = False
         if self._header_done:
             self._configure(encoding, sample_rate, channels)
 
@@ -64,7 +70,17 @@ class AudioInput:
     @property
     def decoding_in_background(self) -> bool:
         """Whether a container decoder may have audio ready between messages."""
-        return self._container is not None
+        return isinstance(self._container, ContainerDecoder)
+
+    @property
+    def ended(self) -> bool:
+        """Whether the stream is complete by its own account: a WAV's data size or a FLAC's
+        sample count all received (never for streaming containers or raw audio)."""
+        if self._finished:
+            return True
+        if isinstance(self._container, FlacDecoder):
+            return self._container.ended
+        return self._remaining == 0
 
     @property
     def output_rate(self) -> int:
@@ -79,7 +95,10 @@ class AudioInput:
             self._resampler = soxr.ResampleStream(sample_rate, 16000, 1, dtype="int16")
 
     def feed(self, data: bytes) -> bytes:
-        """Decode one message; returns engine PCM (possibly empty)."""
+        """Decode one message; returns engine PCM (possibly empty, and always after
+        :meth:`finish`: bytes after the end, such as a WAV's trailing chunks, are dropped)."""
+        if self._finished:
+            return b""
         if self._container is not None:
             return self._from_container(data)
         self._pending += data
@@ -121,6 +140,14 @@ class AudioInput:
         except ValueError:
             return b""
 
+    def finish(self) -> bytes:
+        """End of stream: the audio a decoder or resampler still holds (once; may block
+        up to 5 s on an OGG/WebM demuxer thread)."""
+        if self._finished:
+            return b""
+        self._finished = True
+        return self.close() + self.flush()
+
     def flush(self) -> bytes:
         """End of stream: whatever the resampler still holds."""
         if self._resampler is None:
@@ -159,7 +186,7 @@ class AudioInput:
                 raise UnsupportedAudio(
                     f"{kind} audio needs PyAV on the server (pip install av); send WAV or "
                     "raw audio with encoding=pcm_s16le|mulaw|alaw")
-            self._container = ContainerDecoder(kind)
+            self._container = FlacDecoder() if kind == "FLAC" else ContainerDecoder(kind)
             self._configure("pcm_s16le", 16000, 1)
             self._header_done = True
             return True

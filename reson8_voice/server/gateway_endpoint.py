@@ -197,8 +197,15 @@ class GatewaySession:
         await self._stream(ws, params)
 
     async def _stream(self, ws: ServerConnection, params: RealtimeParams) -> None:
-        endpoint = self.endpoint
         audio = AudioInput(params.encoding, params.sample_rate, params.channels)
+        try:
+            await self._stream_audio(ws, params, audio)
+        finally:
+            audio.close()  # stops an OGG/WebM demuxer thread
+
+    async def _stream_audio(self, ws: ServerConnection, params: RealtimeParams,
+                            audio: AudioInput) -> None:
+        endpoint = self.endpoint
         driver: EngineDriver | None = None
 
         def ensure_driver() -> EngineDriver:
@@ -256,7 +263,8 @@ class GatewaySession:
             elif isinstance(message, GatewayClose):
                 endpoint.stats["closes"] += 1
                 if driver is not None:
-                    tail = audio.flush()
+                    # the decoder's and resampler's tail (joins an OGG/WebM demuxer thread)
+                    tail = await asyncio.to_thread(audio.finish)
                     if tail:
                         driver.engine.feed(tail)
                     driver.engine.end_of_stream()
