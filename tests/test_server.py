@@ -9,6 +9,7 @@ the project's own client and server cannot agree on a mistake.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Callable
@@ -632,3 +633,136 @@ async def test_the_end_of_a_sized_flac_gives_the_realtime_final(server: Reson8Se
             "type": "flush_confirmation", "id": "after"}
     assert [f["type"] for f in finals] == ["transcript"] * len(fx.turns)
     assert abs(finals[-1]["start_ms"] - last.start_ms) <= 400
+
+
+def _slow_runner(seconds: float) -> Callable[[Any], Any]:
+    """The scripted runner, each job taking ``seconds`` (inference that keeps a backlog)."""
+    import time
+
+    run = scripted_runner()
+
+    def slow(job: Any) -> Any:
+        time.sleep(seconds)
+        return run(job)
+
+    return slow
+
+
+async def test_a_client_sending_big_messages_at_full_speed_keeps_its_session() -> None:
+    """Audio in 256 KiB messages as fast as the socket takes it: the client's pong waits in
+    the socket behind audio the server has not read yet (its own backlog), so it arrives
+    late. That used to drop the client with "keepalive ping timeout" (1011) once the
+    message queue filled; a session making progress is not a dead peer. (Ping every
+    0.2 s, timeout 0.5 s, so the backlog outlasts the timeout many times over.)"""
+    config = ServerConfig(port=0, ping_interval=0.2, ping_timeout=0.5)
+    pcm = load_fixture("call_delivery").pcm16()
+    message = (pcm * 3)[: 256 * 1024]
+    count = 24  # 6 MiB, 6.5 minutes of 8 kHz audio
+    async with Reson8Server(config, _slow_runner(0.03)) as srv:
+        url = f"{srv.url}{REALTIME}?encoding=pcm_s16le&sample_rate=8000"
+        async with raw_connect(url, max_size=None) as ws:
+            got: list[dict[str, Any]] = []
+
+            async def read() -> None:
+                async for raw in ws:
+                    got.append(json.loads(raw))
+                    if got[-1]["type"] == "flush_confirmation":
+                        return
+
+            reader = asyncio.create_task(read())
+            for _ in range(count):
+                await ws.send(message)
+            await ws.send(json.dumps({"type": "flush_request", "id": "end"}))
+            await asyncio.wait_for(reader, 30)
+            assert got[-1] == {"type": "flush_confirmation", "id": "end"}
+            assert sum(g["type"] == "transcript" for g in got) >= count  # it all was heard
+            assert srv.sessions_active == 1
+            await ws.ping()  # and the connection is still well
+
+
+async def test_a_client_that_stops_answering_is_still_dropped() -> None:
+    """The keep-alive waits for a late pong only while the session makes progress: a
+    client that neither sends nor reads (gone without a FIN) is dropped within about
+    ping_interval + ping_timeout."""
+    config = ServerConfig(port=0, ping_interval=0.2, ping_timeout=0.5)
+    async with Reson8Server(config, scripted_runner()) as srv:
+        async with raw_connect(f"{srv.url}{TURNS}?encoding=pcm_s16le") as ws:
+            await ws.send(bytes(3200))
+            await ws.ping()
+            assert srv.sessions_active == 1
+            ws.transport.pause_reading()  # pings go unanswered from now on
+            await asyncio.wait_for(srv.wait_idle(), 5)
+            assert srv.sessions_active == 0
+            ws.transport.abort()
+
+
+async def _expect_error_then_1009(ws: Any) -> dict[str, Any]:
+    error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    with pytest.raises(ConnectionClosed) as info:
+        await asyncio.wait_for(ws.recv(), 10)
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1009
+    return dict(error)
+
+
+@pytest.mark.parametrize("size", [(1 << 20) + 1, 5 << 20])
+async def test_every_oversized_binary_message_gets_the_json_error(
+    server: Reson8Server, size: int,
+) -> None:
+    """websockets' own limit used to be 4 x the documented one: over 4 MiB the client got
+    a bare 1009 and no error message. The limit is now the documented one, checked on the
+    frame header, and the error message goes out before the close whatever the size."""
+    ws = await raw_connect(server.url + TURNS + "?encoding=pcm_s16le", max_size=None)
+    sender = asyncio.create_task(ws.send(bytes(size)))
+    error = await _expect_error_then_1009(ws)
+    with contextlib.suppress(ConnectionClosed):
+        await sender
+    # (no ws.close(): the connection is closed, and websockets' client then trips over
+    # asyncio's closed transport when its own send was cut short)
+    assert error == {"type": "error", "code": "MESSAGE_TOO_LARGE",
+                     "message": "messages are limited to 1048576 bytes"}
+
+
+async def test_a_text_message_is_measured_in_bytes(server: Reson8Server) -> None:
+    """A text message was measured in characters: 600,000 'é' (1.2 MB of UTF-8) passed a
+    1 MiB limit. Its UTF-8 bytes count now."""
+    text = json.dumps({"type": "flush_request", "id": "é" * 600_000}, ensure_ascii=False)
+    assert len(text) < 1 << 20 < len(text.encode())
+    async with raw_connect(server.url + REALTIME + "?encoding=pcm_s16le") as ws:
+        await ws.send(text)
+        error = await _expect_error_then_1009(ws)
+    assert error["code"] == "MESSAGE_TOO_LARGE"
+
+
+async def test_a_frame_declaring_a_terabyte_is_refused_from_its_header(
+    server: Reson8Server,
+) -> None:
+    """Nothing of an oversized payload is buffered: a frame header declaring 2**40 bytes,
+    with no payload behind it, gets the error and the close at once."""
+    async with raw_connect(server.url + TURNS + "?encoding=pcm_s16le") as ws:
+        # FIN + binary, masked, 64-bit length 2**40, a mask key, and no payload at all
+        ws.transport.write(b"\x82\xff" + (1 << 40).to_bytes(8, "big") + b"\x01\x02\x03\x04")
+        error = await _expect_error_then_1009(ws)
+    assert error["code"] == "MESSAGE_TOO_LARGE"
+
+
+@pytest.mark.parametrize("dialect", ["gateway", "scribe"])
+async def test_the_dialects_say_why_a_message_was_too_large(
+    server: Reson8Server, dialect: str,
+) -> None:
+    if dialect == "gateway":
+        url, expect = server.gateway_url, ("code", "message_too_large")
+    else:
+        url = f"{server.scribe_url}/v1/speech-to-text/realtime?model_id=scribe_v2_realtime"
+        expect = ("message_type", "chunk_size_exceeded")
+    ws = await raw_connect(url, max_size=None)
+    if dialect == "gateway":
+        await ws.send(json.dumps({"type": "init", "config": {}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+    else:
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["message_type"] == \
+            "session_started"
+    sender = asyncio.create_task(ws.send("x" * (5 << 20)))
+    error = await _expect_error_then_1009(ws)
+    with contextlib.suppress(ConnectionClosed):
+        await sender
+    assert error[expect[0]] == expect[1]

@@ -5,13 +5,18 @@ It serves ``/v1/speech-to-text/turns`` (spec 001) and ``/v1/speech-to-text/realt
 rejections happen at the upgrade with a JSON body ``{"code", "message"}`` (400
 INVALID_REQUEST naming the parameter, 401 UNAUTHORIZED, 500 INTERNAL_ERROR, 404 for other
 paths). Inside a session, a fatal problem (a message over the size limit, a session over
-its time limit, undecodable audio) is reported with an ``error`` message and a close.
+its time limit, undecodable audio) is reported with an ``error`` message and a close. A
+message over ``max_message_bytes`` (its bytes, text or binary) is refused from its frame
+header, unread, with the endpoint's JSON error and close 1009 (:mod:`.connection`).
 
 Each session reads a message, feeds the engine and runs the jobs it asks for in a thread
 pool shared by all sessions, before it reads the next message: audio sent faster than the
 engine can take it waits in the socket (back-pressure), and the events are the same as in
-real time. Pings are sent every ``ping_interval`` s; a client that does not answer is
-dropped, and a vanished client frees its session at once.
+real time. Messages queue at most ``_MAX_QUEUE`` deep before reading stops, so a fast
+client is held back by TCP. Pings are sent every ``ping_interval`` s; a client whose pong
+does not come within ``ping_timeout`` is dropped unless its session is still making
+progress (its pong may wait behind the audio the session has not read yet: see
+:mod:`.connection`), and a vanished client frees its session at once.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -53,12 +59,22 @@ from ..events import ErrorEvent, Event, FlushConfirmation, FlushRequest
 from ..params import REALTIME_PATH, TURNS_PATH, RealtimeParams, TurnsParams
 from ..wire import parse_event, serialize_event
 from .audio_input import AudioInput, UnsupportedAudio
+from .connection import SessionConnection
 from .gateway_endpoint import GatewayEndpoint, GatewaySession
 from .scribe_endpoint import SCRIBE_PREFIX, ScribeEndpoint, ScribeSession
 
 __all__ = ["Reson8Server", "ServerConfig"]
 
 JobRunner = Callable[[Job], Any]
+
+#: messages (frames) websockets queues before it stops reading the socket; resumes at 1.
+#: Its default, 16, held up to 16 x 4 MiB per session and, worse, up to 16 messages of
+#: the client's audio ahead of its pong
+_MAX_QUEUE = 4
+
+#: the connection whose session runs in this task (inference marks its progress)
+_session_connection: ContextVar[SessionConnection | None] = ContextVar(
+    "reson8_session_connection", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +219,9 @@ class Reson8Server:
             self.config.port,
             process_request=self._process_request,
             select_subprotocol=self._select_subprotocol,
-            max_size=4 * self.config.max_message_bytes,
+            max_size=self.config.max_message_bytes,
+            max_queue=_MAX_QUEUE,
+            create_connection=SessionConnection,
             ping_interval=self.config.ping_interval,
             ping_timeout=self.config.ping_timeout,
             close_timeout=1.0,
@@ -255,6 +273,8 @@ class Reson8Server:
                 # these dialects report auth and parameter errors inside the session
                 endpoint = self.gateway if path == self.gateway.path else self.scribe
                 self._dialect_sessions[connection] = endpoint.session_for(request)
+                if isinstance(connection, SessionConnection):
+                    connection.too_large = endpoint.too_large_message()
                 return None
             if parts.path.rstrip("/") == TURNS_PATH:
                 params_cls = TurnsParams
@@ -277,6 +297,10 @@ class Reson8Server:
                 return _json_response(HTTPStatus.BAD_REQUEST, "INVALID_REQUEST", str(exc),
                                       parameter=exc.parameter)
             self._params[connection] = params
+            if isinstance(connection, SessionConnection):
+                limit = self.config.max_message_bytes
+                connection.too_large = serialize_event(ErrorEvent(
+                    "MESSAGE_TOO_LARGE", f"messages are limited to {limit} bytes"))
             return None
         except Exception:
             logger.exception("reson8 server: unexpected failure during the upgrade")
@@ -302,6 +326,8 @@ class Reson8Server:
         self.sessions_total += 1
         self._idle.clear()
         started = time.monotonic()
+        if isinstance(ws, SessionConnection):
+            _session_connection.set(ws)  # this task's: inference marks the session's progress
         try:
             async with asyncio.timeout(self.config.max_session_s):
                 await self._session(ws, params)
@@ -324,6 +350,8 @@ class Reson8Server:
         self.sessions_active += 1
         self.sessions_total += 1
         self._idle.clear()
+        if isinstance(ws, SessionConnection):
+            _session_connection.set(ws)
         try:
             async with asyncio.timeout(self.config.max_session_s):
                 await session.run(ws)
@@ -341,9 +369,13 @@ class Reson8Server:
                 self._idle.set()
 
     async def _infer(self, job: Job) -> Any:
-        """Run one engine job in the shared inference pool."""
+        """Run one engine job in the shared inference pool (progress for the keep-alive)."""
         assert self._run_job is not None and self._pool is not None
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run_job, job)
+        result = await asyncio.get_running_loop().run_in_executor(self._pool, self._run_job, job)
+        connection = _session_connection.get()
+        if connection is not None:
+            connection.note_progress()
+        return result
 
     async def _fail(self, ws: ServerConnection, code: str, message: str, close: int) -> None:
         with contextlib.suppress(WsConnectionClosed):
@@ -378,7 +410,6 @@ class Reson8Server:
         #: the container said the stream is complete (a WAV's data size, a FLAC's sample
         #: count): the engine has had all of it and its end, and has said all it will
         ended = False
-        limit = self.config.max_message_bytes
 
         def take(pcm: bytes) -> None:
             nonlocal engine
@@ -398,10 +429,6 @@ class Reson8Server:
             except TimeoutError:
                 message = b""
             except ConnectionClosedOK:
-                return
-            if len(message) > limit:
-                await self._fail(ws, "MESSAGE_TOO_LARGE",
-                                 f"messages are limited to {limit} bytes", 1009)
                 return
             if isinstance(message, bytes):
                 if ended:
@@ -440,14 +467,11 @@ class Reson8Server:
                 await self._drive(ws, engine)
 
     async def _drive(self, ws: ServerConnection, engine: TurnEngine | TranscriptEngine) -> None:
-        loop = asyncio.get_running_loop()
-        assert self._run_job is not None and self._pool is not None
         while (item := engine.next()) is not None:
             if ws.state is not State.OPEN:
                 return  # the client is closing: nothing more to say to it
             if isinstance(item, RecognizeJob | EndOfTurnJob):
-                result = await loop.run_in_executor(self._pool, self._run_job, item)
-                engine.resolve(item, result)
+                engine.resolve(item, await self._infer(item))
             else:
                 await self._send(ws, item)
 

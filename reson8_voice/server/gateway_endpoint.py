@@ -127,6 +127,12 @@ class GatewayEndpoint:
         self.stats: dict[str, int] = {"sessions": 0, "keepalives": 0, "finalizes": 0,
                                       "audio_messages": 0, "closes": 0}
 
+    def too_large_message(self) -> str:
+        """The error sent before the 1009 close of a message over the size limit."""
+        limit = self.config.max_message_bytes
+        return serialize_gateway(GatewayErrorEvent(
+            "message_too_large", f"messages are limited to {limit} bytes"))
+
     def session_for(self, request: Request) -> GatewaySession:
         """Check the upgrade's key and region; the verdict is delivered in the session."""
         error: tuple[str, str] | None = None
@@ -219,12 +225,7 @@ class GatewaySession:
         async def emit(event: Event) -> None:
             await self._emit(ws, event, driver)
 
-        limit = endpoint.config.max_message_bytes
         async for raw in ws:
-            if len(raw) > limit:
-                await self._abort(ws, "message_too_large",
-                                  f"messages are limited to {limit} bytes", 1009)
-                return
             if isinstance(raw, bytes):
                 await self._send(ws, GatewayErrorEvent(
                     "invalid_message", "binary frames are not part of this protocol; send "

@@ -104,6 +104,12 @@ class ScribeEndpoint:
         self.idle_timeout_s: float | None = None
         self.stats: dict[str, int] = {"sessions": 0, "chunks": 0, "commits": 0}
 
+    def too_large_message(self) -> str:
+        """The error sent before the 1009 close of a message over the size limit."""
+        limit = self.config.max_message_bytes
+        return serialize_scribe(ScribeErrorEvent(
+            "chunk_size_exceeded", f"messages are limited to {limit} bytes"))
+
     def session_for(self, request: Request) -> ScribeSession:
         """Check the key and parse the parameters; the verdict is delivered in the session."""
         query = urlsplit(request.path).query
@@ -218,7 +224,6 @@ class ScribeSession:
         async def emit(event: Event) -> None:
             await self._emit(ws, params, driver, event)
 
-        limit = endpoint.config.max_message_bytes
         while True:
             try:
                 async with asyncio.timeout(endpoint.idle_timeout_s):
@@ -228,10 +233,6 @@ class ScribeSession:
                                   f"no audio for {endpoint.idle_timeout_s:g} s", 1008)
                 return
             except WsConnectionClosed:
-                return
-            if len(raw) > limit:
-                await self._abort(ws, "chunk_size_exceeded",
-                                  f"messages are limited to {limit} bytes", 1009)
                 return
             if isinstance(raw, bytes):
                 await self._send(ws, ScribeErrorEvent(
