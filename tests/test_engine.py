@@ -3,6 +3,8 @@ test_engine_quality.py): turn counts against ground truth, noise, determinism, o
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from reson8_voice import InvalidRequest, TurnEnd, TurnStart
@@ -177,3 +179,58 @@ def test_recognition_covers_the_turn_so_far_within_the_asr_context() -> None:
     # recognition of the whole turn so far, and the last needs more than one (17 s)
     assert [t.count("<") for t in alone_texts] == list(range(1, len(alone_texts) + 1))
     assert joint_texts[1].count("<") == 1 and 1 < joint_texts[-1].count("<") < len(alone_texts)
+
+
+def _long_segment() -> tuple[bytes, float]:
+    """long_turn's speech eight times over: 141 s that a 2 s segment silence keeps whole."""
+    fx = load_fixture("long_turn")
+    turn = fx.turns[0]
+    pcm = fx.pcm16()[(turn.start_ms - 100) * 16:(turn.end_ms + 100) * 16] * 8
+    return pcm, len(pcm) / 16000
+
+
+@pytest.mark.parametrize("with_words", [True, False])
+def test_interims_re_recognise_a_bounded_window_and_keep_the_words_before(
+    with_words: bool,
+) -> None:
+    """Each interim hears at most interim_window_ms (+ about an interval) of the segment's
+    end; what lies before comes from earlier interims, cut at a word's end, or, from a
+    recogniser without word times, whole (an interim's text up to what it heard). The
+    text still grows with the segment, and the final hears the segment whole."""
+    from reson8_voice.engine.asr import Recognition, RecognizedWord
+    from reson8_voice.engine.turn_engine import Job, RecognizeJob, TranscriptEngine
+    from reson8_voice.events import Transcript
+
+    pcm, seconds = _long_segment()
+    config = EngineConfig(segment_silence_ms=2000, interim_window_ms=5000)
+    heard: list[float] = []
+
+    def run(job: Job) -> object:
+        assert isinstance(job, RecognizeJob)
+        ms = len(job.pcm16) / 2 / job.sample_rate * 1000
+        heard.append(ms / 1000)
+        n = int(ms // 250)
+        words = tuple(RecognizedWord(f"w{i}", i * 250, 200, 0.9) for i in range(n))
+        return Recognition(" ".join(w.text for w in words), "en",
+                           words if with_words and job.want_words else ())
+
+    engine = TranscriptEngine(config, sample_rate=8000, include_interim=True)
+    events = [e for _, e in run_to_completion(engine, [pcm[i:i + 3200]
+                                                       for i in range(0, len(pcm), 3200)],
+                                              run)]
+    assert all(isinstance(e, Transcript) for e in events)
+    interims = [e for e in events if isinstance(e, Transcript) and not e.final]
+    assert len([e for e in events if isinstance(e, Transcript) and e.final]) == 1
+    assert heard[-1] > seconds - 1  # the final
+    assert max(heard[:-1]) <= 5 + 1.5
+    counts = [len(e.text.split()) for e in interims]
+    assert counts[-1] >= 0.85 * (seconds - 1.5) / 0.25, counts[-1]
+    # the text grows with the segment, never losing what was held (+- a word at a cut)
+    assert all(b >= a - 2 for a, b in pairwise(counts))
+
+
+def test_interim_settings_are_validated() -> None:
+    with pytest.raises(InvalidRequest):
+        EngineConfig(interim_window_ms=500)  # shorter than the interval
+    with pytest.raises(InvalidRequest):
+        EngineConfig(interim_interval_ms=0)

@@ -766,3 +766,99 @@ async def test_the_dialects_say_why_a_message_was_too_large(
     with contextlib.suppress(ConnectionClosed):
         await sender
     assert error[expect[0]] == expect[1]
+
+
+async def test_a_flush_request_with_a_non_string_id_is_an_error(server: Reson8Server) -> None:
+    """spec 000: the id is a string (or absent) and comes back in the confirmation. A number
+    used to be dropped silently, leaving the client waiting for a confirmation that never
+    came; it is now an INVALID_REQUEST error naming the field, and a close (1008)."""
+    async with raw_connect(server.url + REALTIME + "?encoding=pcm_s16le") as ws:
+        await ws.send(bytes(3200))
+        await ws.send(json.dumps({"type": "flush_request", "id": 42}))
+        error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert error["type"] == "error" and error["code"] == "INVALID_REQUEST"
+    assert "'id' must be a string" in error["message"]
+    assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+
+
+async def test_realtime_interims_carry_words_and_times_when_asked(
+    server: Reson8Server,
+) -> None:
+    """spec 000: start_ms/duration_ms with include_timestamps, words with include_words
+    (their times and confidence as asked) on transcripts, interim ones included; interims
+    used to carry the text alone."""
+    fx = load_fixture("long_turn")
+    query = urlencode({"encoding": "pcm_s16le", "sample_rate": 8000, "include_interim": "true",
+                       "include_words": "true", "include_timestamps": "true",
+                       "include_confidence": "true"})
+    async with raw_connect(f"{server.url}{REALTIME}?{query}") as ws:
+        pcm = fx.pcm16()
+        for i in range(0, len(pcm), 16000):
+            await ws.send(pcm[i:i + 16000])
+        await ws.send(json.dumps({"type": "flush_request", "id": "end"}))
+        got: list[dict[str, Any]] = []
+        while (message := json.loads(await asyncio.wait_for(ws.recv(), 10)))["type"] \
+                != "flush_confirmation":
+            got.append(message)
+    interims = [m for m in got if m["is_final"] is False]
+    assert interims and any(m["is_final"] for m in got)
+    for m in interims:
+        assert m["words"] and {"start_ms", "duration_ms"} <= m.keys()
+        assert " ".join(w["text"] for w in m["words"]) == m["text"]
+        for w in m["words"]:
+            assert {"text", "start_ms", "duration_ms", "confidence"} == w.keys()
+            assert m["start_ms"] <= w["start_ms"] <= m["start_ms"] + m["duration_ms"]
+
+
+def _recording_runner(durations: list[tuple[bool, float]]) -> Callable[[Any], Any]:
+    """The scripted runner, noting (want_words, seconds) for each recognition."""
+    from reson8_voice.engine.turn_engine import RecognizeJob
+
+    run = scripted_runner()
+
+    def record(job: Any) -> Any:
+        if isinstance(job, RecognizeJob):
+            durations.append((job.want_words, len(job.pcm16) / 2 / job.sample_rate))
+        return run(job)
+
+    return record
+
+
+async def test_interim_re_recognition_is_bounded_on_a_long_segment() -> None:
+    """A segment of 139 s with no pause long enough to end it (segment_silence_ms 2 s):
+    each interim used to recognise the whole segment so far (~70x the audio in all). Now
+    an interim hears at most interim_window_ms plus an interval and keeps the words before
+    from earlier interims, so its text still covers the whole segment; the final hears
+    all of it."""
+    from reson8_voice.engine.turn_engine import EngineConfig
+
+    fx = load_fixture("long_turn")
+    turn = fx.turns[0]
+    one = fx.pcm16()[(turn.start_ms - 100) * 16:(turn.end_ms + 100) * 16]
+    pcm = one * 8
+    seconds = len(pcm) / 16000
+    engine = EngineConfig(segment_silence_ms=2000)
+    jobs: list[tuple[bool, float]] = []
+    query = "encoding=pcm_s16le&sample_rate=8000&include_interim=true"
+    async with Reson8Server(ServerConfig(port=0, engine=engine), _recording_runner(jobs)) as srv:
+        async with raw_connect(f"{srv.url}{REALTIME}?{query}") as ws:
+            for i in range(0, len(pcm), 32000):
+                await ws.send(pcm[i:i + 32000])
+            await ws.send(json.dumps({"type": "flush_request", "id": "end"}))
+            got: list[dict[str, Any]] = []
+            while (message := json.loads(await asyncio.wait_for(ws.recv(), 20)))["type"] \
+                    != "flush_confirmation":
+                got.append(message)
+    interims = [m for m in got if m["is_final"] is False]
+    finals = [m for m in got if m["is_final"]]
+    assert len(finals) == 1 and len(interims) > 100
+    *interim_jobs, final_job = jobs
+    assert final_job[1] > seconds - 1  # the final heard the whole segment
+    assert max(s for _, s in interim_jobs) <= engine.interim_window_ms / 1000 + 1.5
+    total = sum(s for _, s in interim_jobs)
+    assert total < 12 * seconds, f"{total / seconds:.1f}x the audio re-recognised"
+    # the last interim's text still spans the segment: one scripted word per 250 ms
+    words = len(interims[-1]["text"].split())
+    assert words >= 0.9 * (seconds - 1.5) / 0.25, words

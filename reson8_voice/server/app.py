@@ -125,6 +125,15 @@ def _languages_of(run_job: JobRunner | None) -> frozenset[str] | None:
     return None
 
 
+def _message_type(text: str) -> object:
+    """The ``type`` of a JSON text message, or None."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj.get("type") if isinstance(obj, dict) else None
+
+
 #: HTML-significant characters, escaped in error bodies (JSON allows ``\u003c``): a
 #: rejected value is quoted back to the client, never as markup a browser would run
 _HTML_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
@@ -447,6 +456,14 @@ class Reson8Server:
                 try:
                     event = parse_event(message)
                 except RemoteProtocolError as exc:
+                    if isinstance(params, RealtimeParams) and _message_type(message) == \
+                            "flush_request":
+                        # a flush the client waits for, with an id that cannot be echoed
+                        # (spec 000: a string, or none): say so rather than drop it
+                        await self._fail(ws, "INVALID_REQUEST",
+                                         f"flush_request: {str(exc).split(': ', 1)[-1]}",
+                                         1008)
+                        return
                     logger.warning(f"reson8 server: bad client message: {exc}")
                     continue
                 if isinstance(event, FlushRequest) and isinstance(params, RealtimeParams):
