@@ -90,11 +90,16 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8765
     api_key: Secret | None = None
+    #: the largest message (text or binary, in bytes); a larger one gets the endpoint's
+    #: error and close 1009, refused from its frame header
     max_message_bytes: int = 1 << 20
     max_session_s: float = 3600.0
     ping_interval: float | None = 20.0
+    #: a client is dropped when its pong is this late and its session made no progress
+    #: in that time either (a pong may wait behind the client's unread audio)
     ping_timeout: float | None = 20.0
-    #: inference threads shared by all sessions
+    #: inference threads shared by all sessions (and Whisper replicas when the server
+    #: loads the models itself; pass the same to ``LocalModels.load(workers=...)``)
     workers: int = 2
     engine: EngineConfig = field(default_factory=EngineConfig)
 
