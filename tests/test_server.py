@@ -330,27 +330,14 @@ async def test_auto_encoding_decodes_streamed_containers(
     server: Reson8Server, fmt: str, codec: str
 ) -> None:
     """OGG/FLAC/WebM streamed with encoding=auto are decoded as they arrive (PyAV)."""
-    import io
 
-    import av
     import numpy as np
 
     fx = load_fixture("short_answers")
     rate = 48000 if codec == "libopus" else 16000
     samples = np.frombuffer(fx.pcm16(), dtype=np.int16)
     samples = np.repeat(samples, rate // 8000)  # crude upsampling is fine for the VAD test
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        for i in range(0, len(samples), rate // 50):
-            frame = av.AudioFrame.from_ndarray(samples[None, i:i + rate // 50], format="s16",
-                                               layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    data = buf.getvalue()
+    data = _encode(samples, rate, fmt, codec)
     async with await connect_turns(server.url, TurnsParams()) as conn:  # encoding=auto
         sender = asyncio.create_task(_send_all(conn, (data[i:i + 2000]
                                                       for i in range(0, len(data), 2000))))
@@ -538,19 +525,16 @@ async def test_a_gateway_finalize_before_the_header_does_not_fix_the_rate(
         (final, first)
 
 
-def _flac(pcm16: bytes, rate: int, *, live: bool = False) -> bytes:
-    """FLAC of mono s16le audio with libFLAC's (and sox's) 4096-sample frames. ``live``
-    zeroes the STREAMINFO sample count, as an encoder writing to a pipe leaves it."""
+def _encode(samples: Any, rate: int, fmt: str, codec: str,
+            options: dict[str, str] | None = None) -> bytes:
+    """Mono int16 ``samples`` at ``rate`` encoded by PyAV into container ``fmt``."""
     import io
 
     import av
-    import numpy as np
 
-    samples = np.frombuffer(pcm16, dtype=np.int16)
     buf = io.BytesIO()
-    with av.open(buf, mode="w", format="flac") as out:
-        stream = out.add_stream("flac", rate=rate, layout="mono",
-                                options={"frame_size": "4096"})
+    with av.open(buf, mode="w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, layout="mono", options=options or {})
         for i in range(0, len(samples), rate // 50):
             frame = av.AudioFrame.from_ndarray(samples[None, i:i + rate // 50], format="s16",
                                                layout="mono")
@@ -559,7 +543,16 @@ def _flac(pcm16: bytes, rate: int, *, live: bool = False) -> bytes:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
-    data = bytearray(buf.getvalue())
+    return buf.getvalue()
+
+
+def _flac(pcm16: bytes, rate: int, *, live: bool = False) -> bytes:
+    """FLAC of mono s16le audio with libFLAC's (and sox's) 4096-sample frames. ``live``
+    zeroes the STREAMINFO sample count, as an encoder writing to a pipe leaves it."""
+    import numpy as np
+
+    samples = np.frombuffer(pcm16, dtype=np.int16)
+    data = bytearray(_encode(samples, rate, "flac", "flac", {"frame_size": "4096"}))
     assert data[:4] == b"fLaC" and data[4] & 0x7F == 0  # STREAMINFO at bytes 8..41
     total = ((data[21] & 0x0F) << 32) | int.from_bytes(data[22:26], "big")
     assert total == len(samples)
@@ -567,6 +560,20 @@ def _flac(pcm16: bytes, rate: int, *, live: bool = False) -> bytes:
         data[21] &= 0xF0
         data[22:26] = bytes(4)
     return bytes(data)
+
+
+async def _send_for_turns(ws: Any, data: bytes, n: int) -> list[Any]:
+    """Send ``data`` over a raw socket in 2000-byte messages, then read until ``n`` turns are
+    complete; the turn state machine raises on any illegal sequence."""
+    for i in range(0, len(data), 2000):
+        await ws.send(data[i:i + 2000])
+    checker = TurnStateMachine()
+    turns = []
+    while len(turns) < n:
+        turn = checker.process(parse_event(await asyncio.wait_for(ws.recv(), 20)))
+        if turn is not None:
+            turns.append(turn)
+    return turns
 
 
 async def test_flac_is_not_held_back_while_the_stream_is_open(server: Reson8Server) -> None:
@@ -578,14 +585,7 @@ async def test_flac_is_not_held_back_while_the_stream_is_open(server: Reson8Serv
     fx = load_fixture("short_answers")
     data = _flac(fx.pcm16(), 8000, live=True)
     async with raw_connect(server.url + TURNS) as ws:  # encoding=auto
-        for i in range(0, len(data), 2000):
-            await ws.send(data[i:i + 2000])
-        checker = TurnStateMachine()
-        turns = []
-        while len(turns) < len(fx.turns):
-            turn = checker.process(parse_event(await asyncio.wait_for(ws.recv(), 20)))
-            if turn is not None:
-                turns.append(turn)
+        turns = await _send_for_turns(ws, data, len(fx.turns))
         await ws.ping()  # still open: nothing ended the stream but its audio
     assert all(turn.text for turn in turns)  # each turn had its candidate
 
@@ -607,14 +607,7 @@ async def test_the_end_of_a_sized_stream_ends_the_last_turn(
         data = (_streaming_wav_header(8000, fmt=1, bits=16)[:40] + struct.pack("<I", len(pcm))
                 + pcm)
     async with raw_connect(server.url + TURNS) as ws:  # encoding=auto
-        for i in range(0, len(data), 2000):
-            await ws.send(data[i:i + 2000])
-        checker = TurnStateMachine()
-        turns = []
-        while len(turns) < len(fx.turns):
-            turn = checker.process(parse_event(await asyncio.wait_for(ws.recv(), 20)))
-            if turn is not None:
-                turns.append(turn)
+        turns = await _send_for_turns(ws, data, len(fx.turns))
         await ws.send(b"LIST" + bytes(100))  # a trailing chunk: ignored
         await ws.ping()
     assert len(turns) == len(fx.turns) and all(t.text for t in turns)
