@@ -174,6 +174,8 @@ class _Link:
         self.next_free = 0.0  # bandwidth cap: when this link's "wire" is free again
         self.up_opcode = OP_TEXT  # opcode of the client message being continued
         self.pumps: list[asyncio.Task[None]] = []
+        self.up_next_free = 0.0  # upstream throttle: when the next audio byte may pass
+        self.up_wake = asyncio.Event()  # the throttle changed
         self.hangup = False  # end with a FIN to the client (no close frame), RST upstream
 
     def abort(self, rst: bool) -> None:
@@ -338,6 +340,7 @@ class FaultProxy:
         self._client_flowing.set()
         self._delay = 0.0
         self._bytes_per_s: float | None = None
+        self._up_bytes_per_s: float | None = None
         self._rules: list[_Rule] = []
 
     def __repr__(self) -> str:
@@ -539,6 +542,16 @@ class FaultProxy:
         self._bytes_per_s = bytes_per_s
         self._wake_all()
 
+    def throttle_up(self, bytes_per_s: float | None) -> None:
+        """Pass client -> server audio at most ``bytes_per_s`` (None clears it): a server
+        that reads, and so answers, slower than real time (TCP back-pressure reaches the
+        client once the buffers fill). Binary payload bytes are paced per connection; text
+        and control frames pass when their turn comes."""
+        if bytes_per_s is not None and bytes_per_s <= 0:
+            raise ValueError("bytes_per_s must be positive")
+        self._up_bytes_per_s = bytes_per_s
+        self._wake_all()
+
     # -- message faults (server -> client) -----------------------------------------------
     def garble_next(
         self, count: int = 1, *, match: str | None = None, mode: GarbleMode = "json",
@@ -594,6 +607,7 @@ class FaultProxy:
         self.resume_client()
         self._delay = 0.0
         self._bytes_per_s = None
+        self._up_bytes_per_s = None
         self._rules.clear()
         self._wake_all()
 
@@ -619,6 +633,7 @@ class FaultProxy:
     def _wake_all(self) -> None:
         for link in self._links:
             link.wake.set()
+            link.up_wake.set()
 
     def _listen(self) -> None:
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
@@ -835,12 +850,27 @@ class FaultProxy:
                 link.up_opcode = opcode
             if opcode < OP_CLOSE:
                 if (opcode or link.up_opcode) == OP_BINARY:
+                    await self._pace_up(link, len(frame.payload))
                     self.stats.audio_bytes_up += len(frame.payload)
                 self.stats.messages_up += frame.fin
             up_w.write(frame.header + frame.payload)
             self.stats.bytes_up += len(frame.header) + len(frame.payload)
             self._bump()
             await up_w.drain()
+
+    async def _pace_up(self, link: _Link, n: int) -> None:
+        """Hold ``n`` audio bytes until the upstream throttle lets them pass."""
+        loop = self._get_loop()
+        while (rate := self._up_bytes_per_s) is not None:
+            now = loop.time()
+            if link.up_next_free <= now:
+                link.up_next_free = max(now, link.up_next_free) + n / rate
+                return
+            link.up_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(link.up_next_free - now):
+                    await link.up_wake.wait()
+        link.up_next_free = 0.0
 
     def _enqueue(self, link: _Link, item: _Item) -> None:
         item.received_at = self._get_loop().time()

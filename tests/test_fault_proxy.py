@@ -347,6 +347,20 @@ async def test_slow_delays_each_message_and_caps_bandwidth(proxy: FaultProxy) ->
         assert time.monotonic() - first_at >= 0.2  # ~5 kB at 20 kB/s
 
 
+async def test_throttle_up_paces_the_audio_the_server_reads(proxy: FaultProxy) -> None:
+    async with _session(proxy) as conn:
+        await proxy.wait_until(at_least("upgrades_completed", 1))
+        proxy.throttle_up(16_000)  # 2x real time for 8 kHz mu-law
+        started = time.monotonic()
+        sender = asyncio.create_task(_send_all(conn))
+        await proxy.wait_until(lambda s: s.audio_bytes_up >= 8_000, 5)
+        assert time.monotonic() - started >= 0.45  # ~8 kB at 16 kB/s, the first frame free
+        proxy.throttle_up(None)  # cleared: the rest passes at once
+        await proxy.wait_until(lambda s: s.audio_bytes_up == len(FX.data), 5)
+        await asyncio.wait_for(sender, 5)
+        assert time.monotonic() - started < len(FX.data) / 16_000
+
+
 # -- message faults --------------------------------------------------------------------
 async def test_garbled_message_is_a_remote_protocol_error_and_the_next_parses(
     proxy: FaultProxy,
