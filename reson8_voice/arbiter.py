@@ -48,6 +48,18 @@ __all__ = [
 
 BargeInPolicy: TypeAlias = Literal["server", "local", "first"]
 
+#: how far short of the local VAD's end of the replayed speech a server turn may end and
+#: still count as answering it (the two VADs place speech ends differently)
+_REPLAY_SLACK_MS = 1000.0
+
+
+def _turn_end_ms(turn: CompletedTurn) -> float:
+    """Session time at which a finished turn's speech ends (infinite without timestamps:
+    such a turn is taken to answer for everything replayed)."""
+    if turn.start_ms is None or turn.duration_ms is None:
+        return float("inf")
+    return turn.start_ms + turn.duration_ms
+
 
 class Mode(enum.Enum):
     """Which source proposes turn boundaries."""
@@ -159,6 +171,10 @@ class TurnArbiter:
         self._replay_pending = False
         self._replay_owed = False
         self._replay_deadline: float | None = None
+        self._replay_speech_ms = 0.0  # session time at which the replayed speech ends
+        self._answered_ms = -1.0  # session time the server's finished turns reach (-1: none)
+        self._replay_progress = False  # the server said something on this session
+        self._ready_at = 0.0
         self._paused_in_turn = False  # the local VAD heard the open turn end
         self._outage_since: float | None = 0.0
         self._deadline: tuple[float, str] | None = None
@@ -173,16 +189,27 @@ class TurnArbiter:
 
     # -- inputs ----------------------------------------------------------------------------
     def connection_ready(self, now: float, *, replay_pending: bool = False,
-                         replay_has_speech: bool = False) -> list[Decision]:
+                         replay_has_speech: bool = False,
+                         replay_speech_s: float = 0.0) -> list[Decision]:
         """A session is open.
 
         ``replay_pending``: outage audio is being replayed first; ``replay_has_speech``:
         the local VAD heard speech in it, so the server owes a turn for it before it may
         decide turns again (otherwise its answers for old speech would read as new turns).
+        ``replay_speech_s``: seconds of audio from the replay's start to the end of that
+        speech (session time). The server owes turns up to there (turns without timestamps
+        count as reaching it); one that only keeps real time needs that long to hear it, so
+        it is not declared dead before then (plus twice ``watchdog_s``, extended by each
+        of its events). If it answers some of the replay and then goes quiet while the
+        caller is silent, it is alive and has said all it will: turns are handed back.
         """
         self.connected = True
         self._replay_pending = replay_pending
         self._replay_owed = replay_has_speech
+        self._replay_speech_ms = replay_speech_s * 1000
+        self._answered_ms = -1.0
+        self._replay_progress = False
+        self._ready_at = now
         self.server.reset()
         self._deadline = None
         return self._maybe_hand_back(now)
@@ -190,9 +217,12 @@ class TurnArbiter:
     def replay_done(self, now: float) -> list[Decision]:
         """All replayed audio has been sent."""
         self._replay_pending = False
+        if self._replay_owed and self._answered_for_replay():
+            self._replay_owed = False  # answered while it was still going out
         if self._replay_owed:
             # the server must answer for the replayed speech, or it is no better than the last
-            self._replay_deadline = now + 2 * self.watchdog_s
+            heard_at = self._ready_at + self._replay_speech_ms / 1000
+            self._replay_deadline = max(now, heard_at) + 2 * self.watchdog_s
         return self._maybe_hand_back(now)
 
     def connection_paused(self, now: float) -> list[Decision]:
@@ -240,6 +270,7 @@ class TurnArbiter:
         (without the VAD's stop hangover), if known."""
         self.local_speaking = False
         self._paused_in_turn = self.turn_open
+        self._extend_replay_deadline(now)  # the owed turn cannot end before the caller stops
         out: list[Decision] = []
         if self.mode is Mode.FALLBACK:
             if self.turn_open:
@@ -266,6 +297,8 @@ class TurnArbiter:
         self._deadline = None
         self._false_start = None
         self._server_heard_at = now
+        self._replay_progress = True
+        self._extend_replay_deadline(now)  # it is working through the replay
         out: list[Decision] = []
         try:
             turn = self.server.process(event)
@@ -286,7 +319,8 @@ class TurnArbiter:
             elif turn is not None:
                 if turn.text:
                     out.append(FinalTranscript(turn, recovered=True))
-                if not self._replay_pending:
+                self._answered_ms = max(self._answered_ms, _turn_end_ms(turn))
+                if not self._replay_pending and self._answered_for_replay():
                     self._replay_owed = False
                     self._replay_deadline = None
                 out.extend(self._maybe_hand_back(now))
@@ -314,10 +348,15 @@ class TurnArbiter:
                 out.extend(self._release_held())  # still talking: a real barge-in
             else:
                 self._held_start = None  # it was short: the bot talks on
-        if self.connected and self._replay_deadline is not None and now >= self._replay_deadline:
-            # the new session never answered for the replayed speech: it is dead too
+        if (self.connected and self._replay_deadline is not None and not self.local_speaking
+                and now >= self._replay_deadline):
             self._replay_deadline = None
-            out.append(WatchdogExpired(2 * self.watchdog_s, "a turn for the replayed speech"))
+            if self._replay_progress:
+                # it answered, went quiet, and the caller is silent: it has said all it will
+                self._replay_owed = False
+                out.extend(self._maybe_hand_back(now))
+            else:  # the new session never answered for the replayed speech: it is dead too
+                out.append(WatchdogExpired(2 * self.watchdog_s, "turn for the replayed speech"))
         if self._false_start is not None and now >= self._false_start:
             self._false_start = None
             if self.turn_open and not self.local_speaking and not self.server.in_turn:
@@ -339,6 +378,13 @@ class TurnArbiter:
         return out
 
     # -- helpers ---------------------------------------------------------------------------
+    def _answered_for_replay(self) -> bool:
+        return self._answered_ms >= max(0.0, self._replay_speech_ms - _REPLAY_SLACK_MS)
+
+    def _extend_replay_deadline(self, now: float) -> None:
+        if self._replay_deadline is not None:
+            self._replay_deadline = max(self._replay_deadline, now + 2 * self.watchdog_s)
+
     def _on_start(self, now: float) -> list[Decision]:
         if self.turn_open or self.barge_in == "local":
             return []

@@ -157,6 +157,66 @@ def test_fallback_turns_come_from_local_vad_and_replayed_text_is_recovered() -> 
     assert a.mode is Mode.REMOTE
 
 
+def _replaying(speech_s: float) -> TurnArbiter:
+    """In fallback, a new session at t=10 replaying outage speech that ends ``speech_s``
+    into the replay (watchdog 1 s, replay sent by t=10.1)."""
+    a = connected(watchdog_s=1.0)
+    a.connection_lost(1, "dropped")
+    a.local_speech_started(2)
+    a.local_speech_stopped(8)
+    a.connection_ready(10, replay_pending=True, replay_has_speech=True,
+                       replay_speech_s=speech_s)
+    assert a.replay_done(10.1) == []
+    return a
+
+
+def _turn(a: TurnArbiter, t: float, start_ms: float, duration_ms: float) -> list[Decision]:
+    a.server_event(t, TurnStart())
+    a.server_event(t, TurnEndCandidate("w", start_ms=start_ms, duration_ms=duration_ms))
+    return a.server_event(t, TurnEnd())
+
+
+def test_a_replay_is_due_no_sooner_than_a_real_time_server_can_hear_it() -> None:
+    a = _replaying(6.0)
+    assert a.check(15.9) == []  # 10 + 6 s of speech + 2 x watchdog = 18
+    [expired] = a.check(18.0)
+    assert isinstance(expired, WatchdogExpired) and "replayed" in expired.expecting
+
+
+def test_a_replay_deadline_waits_while_the_caller_speaks() -> None:
+    a = _replaying(1.0)
+    a.local_speech_started(11)
+    assert a.check(30) == []  # the owed turn cannot end while the caller talks on
+    assert kinds(a.local_speech_stopped(31)) == ["ProposeStop"]
+    assert a.check(32.9) == []
+    assert kinds(a.check(33.0)) == ["WatchdogExpired"]
+
+
+def test_the_server_owes_turns_up_to_the_end_of_the_replayed_speech() -> None:
+    a = _replaying(6.0)
+    out = _turn(a, 11, 0, 2500)  # the first of two replayed turns
+    assert kinds(out) == ["FinalTranscript"]  # no hand-back: its answers would read as new
+    assert a.mode is Mode.FALLBACK
+    out = _turn(a, 12, 3500, 2000)  # ends 0.5 s short of the local VAD's end: close enough
+    assert kinds(out) == ["FinalTranscript", "FallbackEnded"]
+
+
+def test_turns_answered_while_the_replay_goes_out_count() -> None:
+    a = connected(watchdog_s=1.0)
+    a.connection_lost(1, "dropped")
+    a.connection_ready(10, replay_pending=True, replay_has_speech=True, replay_speech_s=3)
+    assert kinds(_turn(a, 10.05, 0, 2800)) == ["FinalTranscript"]
+    assert kinds(a.replay_done(10.1)) == ["FallbackEnded"]
+
+
+def test_a_server_that_answered_then_went_quiet_gets_the_turns_back() -> None:
+    a = _replaying(6.0)
+    _turn(a, 11, 0, 1000)  # answered some of it (a cough the local VAD took for speech)
+    assert a.check(17.9) == []  # each event pushes the deadline; 10 + 6 + 2 = 18
+    assert kinds(a.check(18.0)) == ["FallbackEnded"]  # alive, said all it will: not dead
+    assert a.mode is Mode.REMOTE
+
+
 def test_hand_back_waits_for_the_caller_to_stop() -> None:
     a = connected()
     a.connection_lost(1, "dropped")

@@ -332,3 +332,50 @@ async def test_a_send_on_a_session_that_died_is_absorbed(scripted_server: Reson8
     await stt._pump()
     assert not stt._healthy.is_set()
     assert stt._sent == 0 and stt._backlog.since(0) == b"\xff" * 160
+
+
+async def _transcripts(server: Reson8Server, pcm: bytes, speed: float, n: int,
+                       outage: tuple[int, float] | None = None) -> tuple[list[str], Any]:
+    """The call's final transcripts, fed at ``speed`` x real time through a proxy that lets
+    the server read only 1.5 x as fast; ``outage``: (byte offset, seconds) refused."""
+    from .fault_proxy import FaultProxy
+
+    async with FaultProxy("127.0.0.1", server.port) as proxy:
+        proxy.throttle_up(1.5 * 8000 * speed)  # the uplink is 8 kHz mu-law
+        stt = Reson8TurnsSTTService(url=proxy.url, reconnect_delay_s=(0.05, 0.3),
+                                    watchdog_s=1.0)
+        async with Harness([stt]) as h:
+            cut = outage[0] if outage else len(pcm)
+            await h.feed(pcm[:cut], speed=speed)
+            if outage:
+                proxy.refuse()
+                proxy.drop()
+                heal = asyncio.get_running_loop().call_later(outage[1], proxy.accept)
+                await h.feed(pcm[cut:], speed=speed)
+                await asyncio.sleep(0)
+                heal.cancel()
+                proxy.accept()
+            await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) >= n, 30)
+            await h.wait_for(lambda h: not stt.in_fallback, 15)
+    return [f.text for f in h.of_type(TranscriptionFrame)], stt  # type: ignore[attr-defined]
+
+
+async def test_a_server_slow_to_work_through_a_replay_is_not_declared_dead(
+    scripted_server: Reson8Server,
+) -> None:
+    """After an outage the backlog is replayed at once; a server that reads only a little
+    faster than real time answers for it late. It must not be declared dead for that (each
+    reconnect would replay it all again), and a replay must start after the speech the
+    server answered for, not after everything sent (it had not heard that yet)."""
+    fx = load_fixture("call_delivery")
+    turns = fx.turns[:3]
+    pcm = fx.pcm16()[: (turns[-1].end_ms + 1500) * 16]
+    speed = 2.0
+    baseline, _ = await _transcripts(scripted_server, pcm, 8.0, len(turns))  # no outage
+    cut = (turns[0].start_ms + 500) * 16  # in the first turn, refused for 3 s
+    texts, stt = await _transcripts(scripted_server, pcm, speed, len(turns), (cut, 3.0))
+    assert len(baseline) == len(texts) == len(turns)
+    for got, want in zip(texts, baseline, strict=True):
+        assert abs(len(got.split()) - len(want.split())) <= 2, (texts, baseline)
+    assert stt.stats["fallbacks"] == 1  # the outage only: no replay declared dead
+    assert stt.stats["dropped_bytes"] == 0

@@ -248,6 +248,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
         self._encoder: g711.G711Encoder | None = None
         self._encoding = "pcm_s16le"
         self._anchor = 0  # replay from here if the connection dies
+        self._conn_start = 0  # backlog position where the current session's audio begins
         self._warned_drop = False
         self._last_stop_at = 0.0
         self._speech_started_ms = 0
@@ -431,13 +432,15 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
         if self._local is not None:
             await self._local.stop()  # the server answers from here; the replay covers the rest
         now = time.monotonic()
-        replay_from = max(self._anchor, self._backlog.start)
+        replay_from = self._replay_start()
         replay = self._backlog.position - replay_from
-        self._sent = replay_from
+        self._sent = self._conn_start = replay_from
+        owed = replay > 0 and self._speech_in(replay_from)
+        speech_end = self._speech_end_after(replay_from) if owed else replay_from
         await self._call_event_handler("on_connected")
         await self._apply(self.arbiter.connection_ready(
-            now, replay_pending=replay > 0,
-            replay_has_speech=replay > 0 and self._speech_in(replay_from)))
+            now, replay_pending=replay > 0, replay_has_speech=owed,
+            replay_speech_s=self._pos_to_s(speech_end - replay_from)))
         reader = asyncio.create_task(self._receive(conn))
         try:
             if replay > 0:
@@ -494,26 +497,54 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
         """Backlog position of stream time ``ms`` (both count from the call's start)."""
         return int(ms * self.sample_rate / 1000) * self._uplink_width()
 
+    def _pos_to_s(self, n_bytes: int) -> float:
+        return n_bytes / (self.sample_rate * self._uplink_width())
+
+    def _local_speech(self) -> list[tuple[int, int]]:
+        """The local VAD's speech spans (backlog positions), the open one up to now."""
+        assert self._vad is not None
+        spans = list(self._speech_spans)
+        if self._vad.detector.speaking:
+            spans.append((self._ms_to_pos(self._speech_started_ms),
+                          self._ms_to_pos(self._vad.detector.stream_ms)))
+        return spans
+
+    def _replay_start(self) -> int:
+        """Where the next session's audio begins: at the anchor, but silence after it is
+        skipped (up to a short lead-in before the next speech): it needs no answer, and a
+        server that only keeps real time would fall behind by all of it."""
+        assert self._backlog is not None
+        start = max(self._anchor, self._backlog.start)
+        lead_in = self._ms_to_pos(_TURN_START_REWIND_S * 1000)
+        onsets = [a for a, end in self._local_speech() if end > start]
+        first = min(onsets) if onsets else self._backlog.position
+        return max(start, first - lead_in)
+
+    def _speech_end_after(self, start: int) -> int:
+        """The end of the last local speech after ``start`` (``start`` if none)."""
+        return max([start, *(end for _, end in self._local_speech() if end > start)])
+
     def _speech_in(self, start: int) -> bool:
         """Whether the local VAD heard enough speech after ``start`` that the server, given
         that audio, owes a turn for it (a word's tail at the edge does not count)."""
-        assert self._vad is not None
-        heard = sum(max(0, end - max(a, start)) for a, end in self._speech_spans)
-        if self._vad.detector.speaking:
-            heard += max(0, self._ms_to_pos(self._vad.detector.stream_ms)
-                         - max(self._ms_to_pos(self._speech_started_ms), start))
+        heard = sum(max(0, end - max(a, start)) for a, end in self._local_speech())
         return heard >= self._ms_to_pos(self.arbiter.min_server_speech_s * 1000)
 
     def _move_anchor(self, event: TurnStart | TurnEndCandidate | TurnContinuation |
                      TurnEnd) -> None:
-        """Where a replay would start: just before what the server has not answered for."""
-        if isinstance(event, TurnContinuation):
-            return  # the speech after the candidate is not answered for yet
-        position = self._sent
-        if isinstance(event, TurnStart):
-            width = self._uplink_width()
-            position -= int(_TURN_START_REWIND_S * self.sample_rate * width)
-        self._anchor = max(self._anchor, position)
+        """Where a replay would start: just after the speech the server has answered for.
+
+        A candidate's text covers the turn's speech up to its end (``start_ms`` +
+        ``duration_ms``, session time), not what has been sent since: a server that lags
+        has not heard that yet. A turn start answers for nothing (the turn's text is still
+        owed), and neither does a continuation.
+        """
+        if isinstance(event, TurnEndCandidate):
+            position = self._sent
+            if event.start_ms is not None and event.duration_ms is not None:
+                end = self._conn_start + self._ms_to_pos(event.start_ms + event.duration_ms)
+                position = min(position, end)
+            self._anchor = max(self._anchor, position)
 
     async def _lost(self, reason: str) -> None:
         decisions = self.arbiter.connection_lost(time.monotonic(), reason)
