@@ -151,6 +151,36 @@ async def test_unanswered_flush_times_out_into_the_fallback() -> None:
     assert h.of_type(TranscriptionFrame) == []
 
 
+async def test_an_in_session_invalid_request_is_not_retried_at_once() -> None:
+    """The embedded server answers a malformed request (e.g. a flush id that is not a
+    string) with INVALID_REQUEST and closes 1008: repeating it at once would only loop, so
+    the service reports it and waits ``rejected_retry_s`` before the next session."""
+    opened: list[float] = []
+    second = asyncio.Event()
+
+    async def refuse(ws: ServerConnection) -> None:
+        opened.append(asyncio.get_running_loop().time())
+        if len(opened) >= 2:
+            second.set()
+        await ws.send('{"type":"error","code":"INVALID_REQUEST","message":"bad flush id"}')
+        await ws.close(1008, "invalid request")
+
+    async with serve(refuse, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        stt = Reson8RealtimeSTTService(url=f"ws://127.0.0.1:{port}", rejected_retry_s=1.0,
+                                       reconnect_delay_s=(0.05, 0.05))
+        reported: list[str] = []
+
+        @stt.event_handler("on_error")
+        async def _on_error(service: Any, frame: ErrorFrame) -> None:
+            reported.append(frame.error)
+
+        async with Harness([stt]):
+            await asyncio.wait_for(second.wait(), 5)
+    assert any("INVALID_REQUEST" in r and "bad flush id" in r for r in reported), reported
+    assert opened[1] - opened[0] >= 0.75  # rejected_retry_s (1 s) with -20 % jitter
+
+
 async def test_auto_encoding_starts_every_connection_with_a_fresh_header() -> None:
     """encoding=auto across a server restart: the second session decodes too (spec 003)."""
     fx = load_fixture("short_answers")

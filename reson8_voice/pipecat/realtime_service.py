@@ -51,6 +51,7 @@ _ERROR_FLAGS: dict[str, ErrorFlags] = {
     "SESSION_TIME_LIMIT": ErrorFlags(True, False, "server"),  # a fresh session will do
     "INTERNAL_ERROR": ErrorFlags(True, False, "server"),
     "MESSAGE_TOO_LARGE": ErrorFlags(False, True, "invalid_request"),
+    "INVALID_REQUEST": ErrorFlags(False, True, "invalid_request"),  # repeating it would loop
     "INVALID_AUDIO": ErrorFlags(False, True, "invalid_request"),
     "UNSUPPORTED_AUDIO": ErrorFlags(False, True, "invalid_request"),
 }
