@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -31,6 +31,7 @@ __all__ = [
     "auth_headers",
     "parse_auth",
     "redact",
+    "redact_request",
     "redact_url",
     "single_header",
     "websocket_logger",
@@ -171,6 +172,7 @@ def redact(text: str, *secrets: Secret | None) -> str:
 #: a single-use ``token`` in the query)
 _SECRET_HEADERS = frozenset({"authorization", "sec-websocket-protocol", "xi-api-key", "cookie"})
 _SECRET_PARAMS = frozenset({"token", "access_token", "api_key", "key", "xi-api-key"})
+_SCHEMES = frozenset({"apikey", "bearer", "basic", "token"})  # not secrets themselves
 
 
 def redact_url(url: str) -> str:
@@ -183,6 +185,24 @@ def redact_url(url: str) -> str:
         return url
     masked = [(k, _REDACTED if k.lower() in _SECRET_PARAMS else v) for k, v in pairs]
     return urlunsplit(parts._replace(query=urlencode(masked, safe="*")))
+
+
+def redact_request(text: str, path: str, headers: Iterable[tuple[str, str]]) -> str:
+    """``text`` with every credential an upgrade request carried masked: the values of its
+    credential headers (and each word of them: the token of ``Bearer <token>``, each item of
+    a subprotocol list) and of its credential query parameters."""
+    found: set[str] = set()
+    for name, value in headers:
+        if name.lower() in _SECRET_HEADERS:
+            found.add(value)
+            found.update(w for w in value.replace(",", " ").split()
+                         if w.lower() not in _SCHEMES)
+    query = urlsplit(path).query
+    found.update(v for k, v in parse_qsl(query, keep_blank_values=True)
+                 if k.lower() in _SECRET_PARAMS and v)
+    for secret in sorted(found, key=len, reverse=True):  # the whole value before its parts
+        text = text.replace(secret, _REDACTED)
+    return text
 
 
 class _HandshakeRedactor(logging.Filter):

@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
@@ -43,7 +44,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from ..auth import Secret, parse_auth, websocket_logger
+from ..auth import Secret, parse_auth, redact, redact_request, websocket_logger
 from ..client import is_loopback
 from ..engine.asr import check_language
 from ..engine.turn_engine import (
@@ -316,10 +317,19 @@ class Reson8Server:
                 connection.too_large = serialize_event(ErrorEvent(
                     "MESSAGE_TOO_LARGE", f"messages are limited to {limit} bytes"))
             return None
-        except Exception:
-            logger.exception("reson8 server: unexpected failure during the upgrade")
+        except Exception as exc:
+            self._log_failure("unexpected failure during the upgrade", exc, request)
             return _json_response(HTTPStatus.INTERNAL_SERVER_ERROR, "INTERNAL_ERROR",
                                   "unexpected server error")
+
+    def _log_failure(self, what: str, exc: BaseException, request: Request | None) -> None:
+        """Log an unexpected failure with its traceback but without frame variables (a sink
+        with loguru's ``diagnose=True`` prints them, and they hold the request and its
+        credentials), masking every credential of the request and the server's key."""
+        text = "".join(traceback.format_exception(exc))
+        if request is not None:
+            text = redact_request(text, request.path, request.headers.raw_items())
+        logger.error(f"reson8 server: {what}: {redact(text, self.config.api_key)}")
 
     def _check_language(self, language: str | None) -> None:
         """Refuse a language the recogniser cannot do (``InvalidRequest`` naming it)."""
@@ -350,8 +360,8 @@ class Reson8Server:
                              f"session exceeded {self.config.max_session_s:g} s", 1008)
         except WsConnectionClosed:
             pass  # the client vanished: its session is simply dropped
-        except Exception:
-            logger.exception("reson8 server: session failed")
+        except Exception as exc:
+            self._log_failure("session failed", exc, ws.request)
             await self._fail(ws, "INTERNAL_ERROR", "unexpected server error", 1011)
         finally:
             self.sessions_active -= 1
@@ -374,8 +384,8 @@ class Reson8Server:
                                f"session exceeded {self.config.max_session_s:g} s")
         except WsConnectionClosed:
             pass
-        except Exception:
-            logger.exception("reson8 server: dialect session failed")
+        except Exception as exc:
+            self._log_failure("dialect session failed", exc, ws.request)
             await session.fail(ws, "internal", "unexpected server error")
         finally:
             self.sessions_active -= 1
