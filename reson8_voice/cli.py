@@ -29,6 +29,35 @@ def _err(message: str) -> None:
     print(f"reson8-voice: error: {message}", file=sys.stderr)
 
 
+def _add_key_options(p: argparse.ArgumentParser, help: str) -> None:
+    keys = p.add_mutually_exclusive_group()
+    keys.add_argument("--api-key", default=None,
+                      help=f"{help}; other users can read it in the process list: prefer "
+                      "--api-key-file or the variable")
+    keys.add_argument("--api-key-file", type=Path, default=None, metavar="PATH",
+                      help="read the API key from this file (its first line)")
+
+
+def _resolve_key_file(args: argparse.Namespace) -> str | None:
+    """Put the key of ``--api-key-file`` into ``args.api_key``; returns an error, if any.
+    Warns when the key was given on the command line itself."""
+    path: Path | None = getattr(args, "api_key_file", None)
+    if path is None:
+        if getattr(args, "api_key", None):
+            print("reson8-voice: warning: --api-key is visible to other users in the process "
+                  "list; use --api-key-file or RESON8_API_KEY", file=sys.stderr)
+        return None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"--api-key-file: cannot read {path}: {getattr(exc, 'strerror', None) or exc}"
+    key = lines[0].strip() if lines else ""
+    if not key:
+        return f"--api-key-file: {path} is empty"
+    args.api_key = key
+    return None
+
+
 def _add_loop_option(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loop", choices=EVENT_LOOPS, default="auto",
                    help="event loop (default auto: uvloop when installed, else asyncio)")
@@ -72,8 +101,8 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8765,
                    help="port (default 8765; 0 picks a free one and prints it)")
-    p.add_argument("--api-key", default=None,
-                   help="require this API key (default: $RESON8_API_KEY; required off loopback)")
+    _add_key_options(p, "require this API key (default: $RESON8_API_KEY; required off "
+                     "loopback)")
     p.add_argument("--asr-model", default=None, metavar="PATH",
                    help="a CTranslate2 Whisper model directory (default: the bundled tiny.en)")
     p.add_argument("--workers", type=_positive_int, default=2,
@@ -99,7 +128,7 @@ async def _serve(args: argparse.Namespace) -> int:
                               max_session_s=args.max_session_s)
     except InvalidRequest as exc:
         if exc.parameter == "host":
-            _err(f"refusing to serve on {args.host} without an API key: pass --api-key or "
+            _err(f"refusing to serve on {args.host} without an API key: pass --api-key-file or "
                  "set RESON8_API_KEY (or bind 127.0.0.1)")
         else:
             _err(f"--{exc.parameter.replace('_', '-')}: {exc}")
@@ -137,8 +166,7 @@ def _demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.add_argument("--url", default=None,
                    help="turns server to use instead of the embedded one (default: "
                    "$RESON8_URL; with an API key and no URL: the hosted service)")
-    p.add_argument("--api-key", default=None,
-                   help="Reson8 API key (default: $RESON8_API_KEY); selects the hosted service")
+    _add_key_options(p, "Reson8 API key (default: $RESON8_API_KEY); selects the hosted service")
     p.add_argument("--fixture", default="demo_call",
                    help="caller audio from tests/fixtures (default demo_call)")
     p.add_argument("--speed", type=float, default=1.0,
@@ -167,7 +195,7 @@ def _transcribe_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     p.add_argument("--url", default=None,
                    help="server URL (default: $RESON8_URL, else the hosted service with an "
                    "API key, else an embedded server started here with the local models)")
-    p.add_argument("--api-key", default=None, help="Reson8 API key (default: $RESON8_API_KEY)")
+    _add_key_options(p, "Reson8 API key (default: $RESON8_API_KEY)")
     p.add_argument("--endpoint", choices=("turns", "realtime"), default="turns",
                    help="which endpoint (default turns)")
     p.add_argument("--encoding", choices=("mulaw", "alaw", "pcm_s16le"), default=None,
@@ -325,6 +353,9 @@ _COMMANDS = {"serve": _serve, "demo": _demo, "transcribe": _transcribe}
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if (problem := _resolve_key_file(args)) is not None:
+        _err(problem)
+        return EXIT_USAGE
     if args.command != "demo":  # the demo logs to its report folder
         _configure_logging(False, quiet_level="INFO" if args.command == "serve" else "ERROR")
     try:

@@ -128,18 +128,59 @@ async def test_transcribe_realtime_endpoint_decodes_g711_and_flushes() -> None:
         assert abs(line["start_ms"] - truth.start_ms) <= 400
 
 
-async def test_wrong_api_key_exits_4_and_names_the_key() -> None:
+async def _transcribe_with(server: Reson8Server, *key_args: str) -> tuple[int, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "reson8_voice", "transcribe", str(SHORT), "--url",
+        server.url, *key_args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, err.decode()
+
+
+async def test_wrong_api_key_exits_4_and_names_the_key(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("wrong-key-0042\n")
     async with Reson8Server(ServerConfig(port=0, api_key=Secret("right")),
                             scripted_runner()) as server:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "reson8_voice", "transcribe", str(SHORT), "--url",
-            server.url, "--api-key", "wrong", stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
-        _, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == EXIT_CONNECTION
-    lines = err.decode().strip().splitlines()
+        code, err = await _transcribe_with(server, "--api-key-file", str(key_file))
+    assert code == EXIT_CONNECTION
+    lines = err.strip().splitlines()
     assert len(lines) == 1 and "401" in lines[0] and "API key" in lines[0]
-    assert "wrong" not in err.decode()
+    assert "wrong-key" not in err
+
+
+async def test_a_key_file_is_read_and_a_key_on_the_command_line_is_warned_about(
+    tmp_path: Path,
+) -> None:
+    key = "right-key-7d1e"
+    key_file = tmp_path / "key"
+    key_file.write_text(f"{key}\n")
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(key)),
+                            scripted_runner()) as server:
+        from_file = await _transcribe_with(server, "--api-key-file", str(key_file))
+        inline = await _transcribe_with(server, "--api-key", key)
+    assert from_file[0] == EXIT_OK and "warning" not in from_file[1]
+    assert inline[0] == EXIT_OK and "visible to other users" in inline[1]
+    assert key not in from_file[1] + inline[1]
+
+
+@pytest.mark.parametrize(("content", "needle"), [
+    (None, "--api-key-file: cannot read"), ("", "is empty"), ("\n  \n", "is empty"),
+])
+def test_an_unusable_key_file_is_a_usage_error(
+    content: str | None, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    key_file = tmp_path / "key"
+    if content is not None:
+        key_file.write_text(content)
+    assert main(["transcribe", str(SHORT), "--api-key-file", str(key_file)]) == EXIT_USAGE
+    assert needle in capsys.readouterr().err
+
+
+def test_a_key_and_a_key_file_exclude_each_other(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--api-key", "k", "--api-key-file", "/dev/null"])
+    assert exc.value.code == EXIT_USAGE and "not allowed with" in capsys.readouterr().err
 
 
 def test_parser_knows_the_three_commands() -> None:
@@ -184,7 +225,7 @@ def test_serve_refuses_a_public_bind_before_loading_the_models(
     assert main(["serve", "--host", "0.0.0.0", "--port", "0"]) == EXIT_REFUSED
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["reson8-voice: error: refusing to serve on 0.0.0.0 without an API key: "
-                   "pass --api-key or set RESON8_API_KEY (or bind 127.0.0.1)"]
+                   "pass --api-key-file or set RESON8_API_KEY (or bind 127.0.0.1)"]
 
 
 def test_serve_workers_reach_whisper(monkeypatch: pytest.MonkeyPatch) -> None:
