@@ -1,39 +1,87 @@
 """The fault matrix: the pipecat service through a fault-injecting proxy to the server.
 
 For every fault the call must keep proposing turn starts and stops (the local VAD takes
-over where needed), every turn started is ended, the transcripts of the speech arrive
-(replayed after an outage), no frame is emitted twice, and after EndFrame or CancelFrame no
-task, socket or thread is left. The table of outcomes is in docs/fault-matrix.md.
+over where needed), every turn started is ended, each spoken turn's transcript arrives
+exactly once with the text the server gives that audio without a fault (replayed after an
+outage; only the turns a fault itself destroys are missing, and they are named), the fault
+really happened and was handled (the proxy's and the service's counters say so), no frame
+is emitted twice, and after EndFrame or CancelFrame no task, socket, file descriptor or
+thread is left and the server has freed the session. The table is in docs/fault-matrix.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import os
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from loguru import logger
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     ErrorFrame,
+    Frame,
+    InputAudioRawFrame,
     ProposedUserStartedSpeakingFrame,
     ProposedUserStoppedSpeakingFrame,
     TranscriptionFrame,
 )
 
+from reson8_voice.engine.turn_engine import EngineConfig, TurnEngine, run_to_completion
+from reson8_voice.events import TurnEnd, TurnEndCandidate
 from reson8_voice.pipecat import Reson8TurnsSTTService
 from reson8_voice.server import Reson8Server
 
 from .audio_fixtures import load_fixture
+from .conftest import scripted_runner
 from .fault_proxy import FaultProxy
 from .pipeline_harness import Harness
 
 FIXTURE = "call_delivery"
 SPEED = 4.0
-Fault = Callable[[FaultProxy], None]
+Fault = Callable[[FaultProxy], object]
+PROPOSALS = (ProposedUserStartedSpeakingFrame, ProposedUserStoppedSpeakingFrame)
+#: the service's counters of what it skipped or refused, exact per case (default 0)
+SKIP_COUNTERS = ("malformed", "unknown", "violations")
+#: the proxy's counters of what it did, exact per case (default 0)
+PROXY_FAULTS = ("garbled", "truncated", "injected", "dropped")
+
+
+class LeftBehind(AssertionError):
+    """The service still held a connection after the pipeline had stopped."""
+
+
+@functools.cache
+def ground_truth(from_ms: int = 0) -> tuple[str, ...]:
+    """The server's text for each turn of the fixture's audio from ``from_ms`` on, with no
+    fault: its engine with the scripted recogniser ("w0 w1 ..." by the audio's length), run
+    offline. The server decides on stream time, so this is what it says at any speed."""
+    pcm = load_fixture(FIXTURE).pcm16()[from_ms * 16:]
+    chunks = (pcm[i:i + 320] for i in range(0, len(pcm), 320))
+    texts: list[str] = []
+    last = ""
+    for _, event in run_to_completion(TurnEngine(EngineConfig(), sample_rate=8000), chunks,
+                                      scripted_runner(), end=False):
+        if isinstance(event, TurnEndCandidate):
+            last = event.text
+        elif isinstance(event, TurnEnd):
+            texts.append(last)
+    return tuple(texts)
+
+
+def test_ground_truth_tells_the_turns_apart() -> None:
+    """One text per spoken turn, all different: a duplicated, missing or swapped transcript
+    cannot pass for the right one."""
+    truth = ground_truth()
+    assert len(truth) == len(load_fixture(FIXTURE).turns)
+    assert len(set(truth)) == len(truth) and all(truth)
 
 
 @dataclass(frozen=True)
@@ -44,10 +92,14 @@ class Case:
     fault: Fault
     at: str = "mid_turn"
     fallback: bool = True  # the local VAD must take over at some point
-    lost_turns: int = 0  # turns whose text the fault itself destroys (a garbled candidate)
+    reason: str | None = None  # how the fallback's reason starts (None: unchecked)
+    lost: tuple[int, ...] = ()  # fixture turns whose text the fault itself destroys
     heal: Fault | None = None  # undo the fault this long after it (None: never)
     heal_after_s: float = 2.0
-    error_frame: bool = False
+    #: exact service counters (SKIP_COUNTERS not named here must stay 0)
+    stats: dict[str, int] = field(default_factory=dict)
+    #: exact proxy counters (PROXY_FAULTS not named here must stay 0)
+    proxy_stats: dict[str, int] = field(default_factory=dict)
 
 
 def _slow(proxy: FaultProxy) -> None:
@@ -56,101 +108,246 @@ def _slow(proxy: FaultProxy) -> None:
 
 
 CASES = [
-    Case("drop mid-turn", lambda p: p.drop()),
-    Case("drop between turns", lambda p: p.drop(), at="between_turns"),
-    Case("stall 2 s", lambda p: p.stall(2.0)),
-    Case("stall 20 s", lambda p: p.stall(20.0)),
-    Case("half-open", lambda p: p.half_open(), heal=lambda p: p.resume_client()),
+    Case("drop mid-turn", lambda p: p.drop(), reason="dropped", proxy_stats={"dropped": 1}),
+    Case("drop between turns", lambda p: p.drop(), at="between_turns", reason="dropped",
+         proxy_stats={"dropped": 1}),
+    Case("stall 2 s", lambda p: p.stall(2.0), reason="silent for"),
+    Case("stall 20 s", lambda p: p.stall(20.0), reason="silent for"),
+    Case("half-open", lambda p: p.half_open(), heal=lambda p: p.resume_client(),
+         reason="silent for"),
+    # the lost candidate makes the turn_end behind it illegal: one violation, resynchronised
     Case("garbled JSON", lambda p: p.garble_next(match="turn_end_candidate"), fallback=False,
-         lost_turns=1),
+         lost=(2,), stats={"malformed": 1, "violations": 1}, proxy_stats={"garbled": 1}),
     Case("truncated JSON", lambda p: p.truncate_next(match="turn_end_candidate"),
-         fallback=False, lost_turns=1),
+         fallback=False, lost=(2,), stats={"malformed": 1, "violations": 1},
+         proxy_stats={"truncated": 1}),
     Case("unknown event", lambda p: p.inject('{"type":"speech_detected","at_ms":1}'),
-         fallback=False),
+         fallback=False, stats={"unknown": 1}, proxy_stats={"injected": 1}),
     Case("illegal sequence", lambda p: p.inject('{"type":"turn_end"}',
                                                 '{"type":"turn_continuation"}'),
-         at="between_turns", fallback=False),
+         at="between_turns", fallback=False, stats={"violations": 2},
+         proxy_stats={"injected": 2}),
     Case("flood of events", lambda p: p.inject('{"type":"stats","n":1}', repeat=2000),
-         fallback=False),
+         fallback=False, stats={"unknown": 2000}, proxy_stats={"injected": 2000}),
     Case("10x slower than real time", _slow, heal=lambda p: p.slow(0), heal_after_s=4.0),
 ]
 REJECTIONS = [(401, "UNAUTHORIZED"), (400, "INVALID_REQUEST"), (500, "INTERNAL_ERROR")]
 
 
-async def _call(server: Reson8Server, case: Case, *, stop_with: Any = EndFrame
-                ) -> tuple[Harness, Reson8TurnsSTTService, list[str], list[type]]:
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _sockets_to(port: int) -> list[str]:
+    """This process's TCP sockets whose peer is ``port`` on loopback (the service's
+    connections to the proxy; the proxy's own sockets have ``port`` as their local end)."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/self/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(link[8:-1])
+    found = []
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port:
+                    found.append(f"{local} -> {remote} (state {state})")
+    return found
+
+
+async def _until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll ``predicate`` (every 20 ms) until it holds; fail naming ``what`` after ``timeout``.
+
+    For what has no event to wait on: /proc, the service's mode and counters."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():  # noqa: ASYNC110 (bounded polling, nothing to await)
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        pytest.fail(f"not within {timeout} s: {what}")
+
+
+@dataclass
+class Call:
+    """One call through the proxy, and everything observed of it."""
+
+    proxy: FaultProxy
+    stt: Reson8TurnsSTTService
+    h: Harness
+    #: turn proposals in the order the service emitted them (one per broadcast pair)
+    emitted: list[Frame] = field(default_factory=list)
+    audio_bytes: int = 0  # PCM the service has processed (pushed on after run_stt)
+    fallbacks: list[tuple[float, str, Any]] = field(default_factory=list)  # (t, kind, arg)
+    errors: list[ErrorFrame] = field(default_factory=list)  # reached the worker upstream
+    connection_errors: list[str] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)  # loguru, DEBUG and up
+    marks: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [arg for _, kind, arg in self.fallbacks if kind == "started"]
+
+
+
+def _observe(c: Call) -> None:
+    stt = c.stt
+
+    @stt.event_handler("on_before_push_frame")
+    def _on_push(service: Any, frame: Any) -> None:
+        # A start is a system frame and overtakes queued frames, so the order in which
+        # frames reach the end of the pipeline is not the order they were decided in.
+        sibling = getattr(frame, "broadcast_sibling_id", None)
+        if isinstance(frame, PROPOSALS) and (sibling is None or frame.id < sibling):
+            c.emitted.append(frame)
+        elif isinstance(frame, InputAudioRawFrame):
+            c.audio_bytes += len(frame.audio)
+
+    @stt.event_handler("on_fallback_started")
+    async def _started(service: Any, reason: str) -> None:
+        c.fallbacks.append((time.monotonic(), "started", reason))
+
+    @stt.event_handler("on_fallback_ended")
+    async def _ended(service: Any, outage_s: float) -> None:
+        c.fallbacks.append((time.monotonic(), "ended", outage_s))
+
+    @stt.event_handler("on_connection_error")
+    async def _conn_error(service: Any, message: str) -> None:
+        c.connection_errors.append(message)
+
+    @c.h.worker.event_handler("on_pipeline_error")
+    async def _error(worker: Any, frame: ErrorFrame) -> None:
+        c.errors.append(frame)
+
+
+@contextlib.asynccontextmanager
+async def observed_call(server: Reson8Server, setup: Fault | None = None, **stt_args: Any
+                        ) -> AsyncIterator[Call]:
+    """A running pipeline with the service behind a fresh proxy (``setup`` applied to the
+    proxy before the pipeline starts). The body stops it (EndFrame if it does not); then
+    nothing of the call may be left: within 1 s the service holds no socket to the proxy
+    (else :class:`LeftBehind`), the proxy, its faults cleared, relays no connection, the
+    process holds no more file descriptors than before, and the server has freed the
+    session."""
+    fds = _open_fds()  # the server (and its pool) exist already
+    logs: list[str] = []
+    sink = logger.add(lambda m: logs.append(str(m)), level="DEBUG", format="{level} {message}")
+    try:
+        async with FaultProxy("127.0.0.1", server.port) as proxy:
+            args: dict[str, Any] = {"reconnect_delay_s": (0.05, 0.3), "watchdog_s": 1.0,
+                                    "rejected_retry_s": 0.5, **stt_args}
+            stt = Reson8TurnsSTTService(url=proxy.url, **args)
+            c = Call(proxy, stt, Harness([stt]), logs=logs)
+            _observe(c)
+            if setup is not None:
+                setup(proxy)
+            async with c.h:
+                yield c
+            await c.h.stop()  # a no-op if the body stopped it
+            # the service's own sockets first: the proxy may hold its side of a link open
+            # (a stall holds the server's close), which says nothing about the service's
+            left = _sockets_to(proxy.port)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    while left:
+                        await asyncio.sleep(0.02)
+                        left = _sockets_to(proxy.port)
+            proxy.reset()  # let the held frames through: every link must wind down
+            try:
+                await proxy.wait_until(lambda s: proxy.open_connections == 0, 5)
+            except TimeoutError:
+                what = f"the proxy still relays {proxy.open_connections} connection(s)"
+                if left:
+                    raise LeftBehind(f"{what}; the service's: {left}") from None
+                pytest.fail(what)
+        await _until(lambda: _open_fds() <= fds, 5,
+                     f"file descriptors back to {fds} (now {_open_fds()})")
+        await asyncio.wait_for(server.wait_idle(), 5)
+        if left:
+            raise LeftBehind(f"open 1 s after the pipeline stopped: {left}")
+    finally:
+        logger.remove(sink)
+
+
+async def _run_case(server: Reson8Server, case: Case, **stt_args: Any) -> Call:
     fx = load_fixture(FIXTURE)
     pcm = fx.pcm16()
     turn = fx.turns[2]
     cut_ms = (turn.start_ms + turn.end_ms) // 2 if case.at == "mid_turn" \
         else fx.turns[1].end_ms + 700
-    reasons: list[str] = []
-    async with FaultProxy("127.0.0.1", server.port) as proxy:
-        stt = Reson8TurnsSTTService(url=proxy.url, reconnect_delay_s=(0.05, 0.3),
-                                    watchdog_s=1.0, rejected_retry_s=0.5)
-        emitted = record_emissions(stt)
+    want = [t for i, t in enumerate(ground_truth()) if i not in case.lost]
+    async with observed_call(server, **stt_args) as c:
+        h, proxy = c.h, c.proxy
+        await h.feed(pcm[: cut_ms * 16], speed=SPEED)
+        case.fault(proxy)
+        healer = None
+        if case.heal is not None:
+            heal = case.heal
 
-        @stt.event_handler("on_fallback_started")
-        async def _on_fallback(service: Any, reason: str) -> None:
-            reasons.append(reason)
+            async def _heal() -> None:
+                await asyncio.sleep(case.heal_after_s)  # the fault's duration, on purpose
+                heal(proxy)
 
-        async with Harness([stt]) as h:
-            await h.feed(pcm[: cut_ms * 16], speed=SPEED)
-            case.fault(proxy)
-            healer = None
-            if case.heal is not None:
-                heal = case.heal
-
-                async def _heal() -> None:
-                    await asyncio.sleep(case.heal_after_s)
-                    heal(proxy)
-
-                healer = asyncio.create_task(_heal())
-            await h.feed(pcm[cut_ms * 16:], speed=SPEED)
-            if healer is not None:
-                await healer
-            proxy.reset()
-            want = len(fx.turns) - case.lost_turns
-            await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) >= want, 40)
-            await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
-                             == len(h.of_type(ProposedUserStartedSpeakingFrame)), 15)
-            await h.stop(stop_with())
-    return h, stt, reasons, emitted
+            healer = asyncio.create_task(_heal())
+        await h.feed(pcm[cut_ms * 16:], speed=SPEED)
+        if healer is not None:
+            await healer
+        proxy.reset()
+        await _settle(c, len(want))
+        # the server has answered for everything replayed (turn detection handed back)
+        await _until(lambda: not c.stt.in_fallback, 15, "the service back from fallback")
+        if not case.fallback:  # one connection throughout: nothing may be lost in transit
+            await proxy.wait_until(
+                lambda s: s.messages_delivered == s.messages_down + s.injected, 5)
+        await h.stop(EndFrame())
+    c.marks["want"] = want
+    return c
 
 
-def record_emissions(stt: Reson8TurnsSTTService) -> list[type]:
-    """Turn proposals in the order the service emitted them.
-
-    (A start is a system frame and overtakes queued frames, so the order in which frames
-    reach the end of the pipeline is not the order they were decided in.)
-    """
-    emitted: list[type] = []
-
-    @stt.event_handler("on_before_push_frame")
-    def _on_push(service: Any, frame: Any) -> None:
-        sibling = getattr(frame, "broadcast_sibling_id", None)
-        if isinstance(frame, ProposedUserStartedSpeakingFrame | ProposedUserStoppedSpeakingFrame
-                      ) and (sibling is None or frame.id < sibling):
-            emitted.append(type(frame))
-
-    return emitted
-
-
-def _check_turns(h: Harness, n_turns: int, emitted: list[type]) -> None:
+def _check_proposals(c: Call, *, delivered: bool = True) -> int:
+    """Each start followed by exactly one stop, in the order the service emitted them, each
+    emitted once (and ``delivered``); returns how many turns were proposed."""
     depth = starts = 0
-    for kind in emitted:
-        if kind is ProposedUserStartedSpeakingFrame:
+    for frame in c.emitted:
+        if isinstance(frame, ProposedUserStartedSpeakingFrame):
             depth, starts = depth + 1, starts + 1
         else:
             depth -= 1
-        assert depth in (0, 1), "a stop without a start, or two starts in a row"
+        if depth not in (0, 1):
+            pytest.fail(f"a stop without a start, or two starts in a row: "
+                        f"{[type(f).__name__ for f in c.emitted]}")
     assert depth == 0, "a turn started was never ended"
-    assert len(h.of_type(ProposedUserStartedSpeakingFrame)) == starts  # all delivered
+    assert len({f.id for f in c.emitted}) == len(c.emitted), "a proposal emitted twice"
+    if delivered:
+        assert len(c.h.of_type(ProposedUserStartedSpeakingFrame)) == starts
+        assert len(c.h.of_type(ProposedUserStoppedSpeakingFrame)) == starts
+    return starts
+
+
+async def _settle(c: Call, transcripts: int) -> None:
+    """Wait until ``transcripts`` transcripts and as many stops as starts have arrived (the
+    checks after it say whether they are the right ones)."""
+    try:
+        await c.h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) >= transcripts, 20)
+        await c.h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
+                           >= len(h.of_type(ProposedUserStartedSpeakingFrame)), 15)
+    except TimeoutError:
+        texts = [f.text for f in c.h.of_type(TranscriptionFrame)]  # type: ignore[attr-defined]
+        pytest.fail(f"the call did not settle: {len(texts)} of {transcripts} transcripts "
+                    f"{texts}, proposals {c.h.timeline(PROPOSALS)}")
+
+
+def _check_turns(c: Call, want: list[str] | tuple[str, ...], n_turns: int) -> None:
+    """Turn proposals balanced and unique; the transcripts exactly ``want``, once each."""
+    starts = _check_proposals(c)
     assert n_turns <= starts <= n_turns + 2
-    frames = [f for _, f in h.recorder.frames]
-    assert len({id(f) for f in frames}) == len(frames)  # nothing emitted twice
-    texts = [f.text for f in h.of_type(TranscriptionFrame)]  # type: ignore[attr-defined]
-    assert all(texts)
+    frames = [f for _, f in c.h.recorder.frames]
+    assert len({f.id for f in frames}) == len(frames), "a frame emitted twice"
+    texts = [f.text for f in c.h.of_type(TranscriptionFrame)]  # type: ignore[attr-defined]
+    assert texts == list(want), "each spoken turn's transcript, exactly once, in order"
 
 
 @pytest.fixture
@@ -164,63 +361,65 @@ async def leak_check() -> Any:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 async def test_fault(case: Case, scripted_server: Reson8Server, leak_check: Any) -> None:
-    h, stt, reasons, emitted = await _call(scripted_server, case)
-    _check_turns(h, len(load_fixture(FIXTURE).turns), emitted)
+    c = await _run_case(scripted_server, case)
+    _check_turns(c, c.marks["want"], len(load_fixture(FIXTURE).turns))
     if case.fallback:
-        assert reasons, "the local VAD never took over"
+        assert c.reasons, "the local VAD never took over"
+        if case.reason is not None:
+            assert c.reasons[0].startswith(case.reason), c.reasons
     else:
-        assert not reasons, f"unexpected fallback: {reasons}"
-    assert not stt.in_fallback or case.fallback
+        assert not c.reasons, f"unexpected fallback: {c.reasons}"
+    assert not c.stt.in_fallback
+    # the fault happened, and the service counted what it skipped
+    assert {k: getattr(c.proxy.stats, k) for k in PROXY_FAULTS} == \
+        {k: case.proxy_stats.get(k, 0) for k in PROXY_FAULTS}
+    assert {k: c.stt.stats[k] for k in SKIP_COUNTERS} == \
+        {k: case.stats.get(k, 0) for k in SKIP_COUNTERS}
+    assert not c.errors, [e.error for e in c.errors]
 
 
 @pytest.mark.parametrize(("status", "code"), REJECTIONS)
 async def test_rejected_upgrade(status: int, code: str, scripted_server: Reson8Server,
                                 leak_check: Any) -> None:
-    case = Case(f"{status} at upgrade",
-                lambda p: (p.drop(), p.reject_upgrade(status, code, f"test {code}"))[0],
-                at="between_turns", heal=lambda p: p.clear_rejection(), heal_after_s=1.5)
-    h, stt, reasons, emitted = await _call(scripted_server, case)
-    _check_turns(h, len(load_fixture(FIXTURE).turns), emitted)
-    assert reasons
-    errors = [f for f in h.recorder.frames if isinstance(f[1], ErrorFrame)]
-    del errors  # ErrorFrames travel upstream; the service reports them via on_error
-    assert stt.is_usable  # the fallback keeps the service usable
+
+    def fault(proxy: FaultProxy) -> None:
+        proxy.drop()
+        proxy.reject_upgrade(status, code, f"test {code}")
+
+    case = Case(f"{status} at upgrade", fault, at="between_turns",
+                heal=lambda p: p.clear_rejection(), heal_after_s=1.5)
+    c = await _run_case(scripted_server, case)
+    _check_turns(c, c.marks["want"], len(load_fixture(FIXTURE).turns))
+    assert c.reasons
+    assert c.stt.is_usable  # the fallback keeps the service usable
 
 
 async def test_connection_refused_at_start(scripted_server: Reson8Server,
                                            leak_check: Any) -> None:
-    case = Case("refused at start", lambda p: None, heal=lambda p: p.accept(), heal_after_s=1.0)
     fx = load_fixture(FIXTURE)
-    async with FaultProxy("127.0.0.1", scripted_server.port) as proxy:
-        proxy.refuse()
-        stt = Reson8TurnsSTTService(url=proxy.url, reconnect_delay_s=(0.05, 0.3))
-        emitted = record_emissions(stt)
+    async with observed_call(scripted_server, FaultProxy.refuse) as c:
         ended = asyncio.Event()
 
-        @stt.event_handler("on_fallback_ended")
+        @c.stt.event_handler("on_fallback_ended")
         async def _back(service: Any, outage: float) -> None:
             ended.set()
 
         cut = (fx.turns[1].end_ms + 1200) * 16  # in the silence after turn 2
-        async with Harness([stt]) as h:
-            await h.feed(fx.pcm16()[:cut], speed=SPEED)
-            proxy.accept()
-            await asyncio.wait_for(ended.wait(), 15)
-            await h.feed(fx.pcm16()[cut:], speed=SPEED)
-            await h.wait_for(lambda h: len(h.of_type(TranscriptionFrame)) >= len(fx.turns), 30)
-            await h.wait_for(lambda h: len(h.of_type(ProposedUserStoppedSpeakingFrame))
-                             == len(h.of_type(ProposedUserStartedSpeakingFrame)), 15)
-    del case
-    _check_turns(h, len(fx.turns), emitted)
+        await c.h.feed(fx.pcm16()[:cut], speed=SPEED)
+        assert c.proxy.stats.connections == 0 and c.connection_errors  # it was refused
+        c.proxy.accept()
+        await asyncio.wait_for(ended.wait(), 15)
+        await c.h.feed(fx.pcm16()[cut:], speed=SPEED)
+        await _settle(c, len(fx.turns))
+    _check_turns(c, ground_truth(), len(fx.turns))
+    assert c.reasons and c.stt.stats["dropped_bytes"] == 0
 
 
 async def test_cancel_frame_mid_turn_leaves_nothing_behind(scripted_server: Reson8Server,
                                                             leak_check: Any) -> None:
     fx = load_fixture(FIXTURE)
-    stt = Reson8TurnsSTTService(url=scripted_server.url)
-    async with Harness([stt]) as h:
-        await h.feed(fx.pcm16()[: (fx.turns[0].start_ms + 1000) * 16], speed=SPEED)
-        await h.wait_for(lambda h: bool(h.of_type(ProposedUserStartedSpeakingFrame)), 10)
-        await h.stop(CancelFrame())
-    await asyncio.wait_for(scripted_server.wait_idle(), 5)
-
+    async with observed_call(scripted_server) as c:
+        await c.h.feed(fx.pcm16()[: (fx.turns[0].start_ms + 1000) * 16], speed=SPEED)
+        await c.h.wait_for(lambda h: bool(h.of_type(ProposedUserStartedSpeakingFrame)), 10)
+        assert c.proxy.open_connections == 1
+        await c.h.stop(CancelFrame())
