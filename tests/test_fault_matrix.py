@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import threading
@@ -58,6 +59,10 @@ class LeftBehind(AssertionError):
     """The service still held a connection after the pipeline had stopped."""
 
 
+class HandedBack(AssertionError):
+    """The service gave turn detection back to a server that had not said a word."""
+
+
 @functools.cache
 def ground_truth(from_ms: int = 0) -> tuple[str, ...]:
     """The server's text for each turn of the fixture's audio from ``from_ms`` on, with no
@@ -96,10 +101,14 @@ class Case:
     lost: tuple[int, ...] = ()  # fixture turns whose text the fault itself destroys
     heal: Fault | None = None  # undo the fault this long after it (None: never)
     heal_after_s: float = 2.0
+    speed_after: float = SPEED  # how fast the audio after the fault is fed
     #: exact service counters (SKIP_COUNTERS not named here must stay 0)
     stats: dict[str, int] = field(default_factory=dict)
     #: exact proxy counters (PROXY_FAULTS not named here must stay 0)
     proxy_stats: dict[str, int] = field(default_factory=dict)
+    #: no server message reaches the client from the fault to the heal; these fixture
+    #: turns, spoken in that window, are proposed (start and stop) by the local VAD in it
+    silent_turns: tuple[int, ...] | None = None
 
 
 def _slow(proxy: FaultProxy) -> None:
@@ -112,7 +121,10 @@ CASES = [
     Case("drop between turns", lambda p: p.drop(), at="between_turns", reason="dropped",
          proxy_stats={"dropped": 1}),
     Case("stall 2 s", lambda p: p.stall(2.0), reason="silent for"),
-    Case("stall 20 s", lambda p: p.stall(20.0), reason="silent for"),
+    # a stall that outlasts the rest of the call: the audio after it is fed in real time
+    # (16.6 s of it, turns 3 and 4), and the server is heard again only after 20 s
+    Case("stall 20 s", lambda p: p.stall(), heal=lambda p: p.resume(), heal_after_s=20.0,
+         speed_after=1.0, silent_turns=(3, 4), reason="silent for"),
     Case("half-open", lambda p: p.half_open(), heal=lambda p: p.resume_client(),
          reason="silent for"),
     # the lost candidate makes the turn_end behind it illegal: one violation, resynchronised
@@ -191,6 +203,11 @@ class Call:
     def reasons(self) -> list[str]:
         return [arg for _, kind, arg in self.fallbacks if kind == "started"]
 
+    def proposals(self, kind: type, since: float = 0.0, until: float = float("inf")
+                  ) -> list[float]:
+        """When ``kind`` proposals reached the end of the pipeline, within [since, until)."""
+        return [t for t, f in self.h.recorder.frames
+                if isinstance(f, kind) and since <= t < until]
 
 
 def _observe(c: Call) -> None:
@@ -282,6 +299,8 @@ async def _run_case(server: Reson8Server, case: Case, **stt_args: Any) -> Call:
     async with observed_call(server, **stt_args) as c:
         h, proxy = c.h, c.proxy
         await h.feed(pcm[: cut_ms * 16], speed=SPEED)
+        c.marks["before"] = dataclasses.replace(proxy.stats)
+        c.marks["fault"] = time.monotonic()
         case.fault(proxy)
         healer = None
         if case.heal is not None:
@@ -289,10 +308,13 @@ async def _run_case(server: Reson8Server, case: Case, **stt_args: Any) -> Call:
 
             async def _heal() -> None:
                 await asyncio.sleep(case.heal_after_s)  # the fault's duration, on purpose
+                c.marks["heal"] = time.monotonic()
+                c.marks["at_heal"] = (dataclasses.replace(proxy.stats), proxy.stalled,
+                                      c.stt.in_fallback)
                 heal(proxy)
 
             healer = asyncio.create_task(_heal())
-        await h.feed(pcm[cut_ms * 16:], speed=SPEED)
+        await h.feed(pcm[cut_ms * 16:], speed=case.speed_after)
         if healer is not None:
             await healer
         proxy.reset()
@@ -359,7 +381,20 @@ async def leak_check() -> Any:
     assert threading.active_count() <= threads + 2  # the server's pool is the fixture's
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+XFAIL: dict[str, pytest.MarkDecorator] = {
+    "stall 20 s": pytest.mark.xfail(
+        raises=HandedBack, strict=True,
+        reason="service bug in the replay path (turns_service._run_connection -> "
+               "arbiter.connection_ready): the first reconnection in the stall replays "
+               "from turn 1's candidate, whose only speech is turn 2 ('no', ~0.4 s), under "
+               "min_server_speech_s (0.6 s), so replay_has_speech is False and turn "
+               "detection is handed back (on_fallback_ended) to a server that has not said "
+               "a word; turn 3's stop then waits for the watchdog"),
+}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.name, marks=XFAIL.get(c.name, ()))
+                                  for c in CASES])
 async def test_fault(case: Case, scripted_server: Reson8Server, leak_check: Any) -> None:
     c = await _run_case(scripted_server, case)
     _check_turns(c, c.marks["want"], len(load_fixture(FIXTURE).turns))
@@ -376,6 +411,33 @@ async def test_fault(case: Case, scripted_server: Reson8Server, leak_check: Any)
     assert {k: c.stt.stats[k] for k in SKIP_COUNTERS} == \
         {k: case.stats.get(k, 0) for k in SKIP_COUNTERS}
     assert not c.errors, [e.error for e in c.errors]
+    if case.silent_turns is not None:
+        _check_silent_window(c, case)
+
+
+def _check_silent_window(c: Call, case: Case) -> None:
+    """The fault lasted its full span and the local VAD ran the call meanwhile."""
+    fault, heal = c.marks["fault"], c.marks["heal"]
+    at_heal, stalled, in_fallback = c.marks["at_heal"]
+    assert heal - fault >= case.heal_after_s
+    assert stalled, "the stall ended before the heal"
+    assert at_heal.messages_delivered == c.marks["before"].messages_delivered, \
+        "a server message reached the service during the stall"
+    assert at_heal.messages_down > c.marks["before"].messages_down  # the server did answer
+    assert at_heal.connections > c.marks["before"].connections  # and it reconnected
+    fx = load_fixture(FIXTURE)
+    last_end = max(fx.turns[i].end_ms for i in case.silent_turns or ())
+    cut = (fx.turns[2].start_ms + fx.turns[2].end_ms) // 2
+    assert fault + (last_end - cut) / 1000 / case.speed_after + 1.5 < heal  # all spoken in it
+    starts = c.proposals(ProposedUserStartedSpeakingFrame, fault, heal)
+    stops = c.proposals(ProposedUserStoppedSpeakingFrame, fault, heal)
+    assert len(starts) >= len(case.silent_turns or ())
+    assert len(stops) >= len(starts)  # each start in the window was ended in it
+    assert c.reasons and c.fallbacks[0][0] < heal
+    changes = [kind for t, kind, _ in c.fallbacks if fault < t < heal]
+    if changes != ["started"] or not in_fallback:
+        raise HandedBack(f"fallback {changes} during the stall, in fallback at its end: "
+                         f"{in_fallback}")
 
 
 @pytest.mark.parametrize(("status", "code"), REJECTIONS)
