@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import logging
 import os
 import threading
 import time
@@ -47,6 +48,7 @@ from .pipeline_harness import Harness
 
 FIXTURE = "call_delivery"
 SPEED = 4.0
+SECRET = "sk-test-SECRET123"
 Fault = Callable[[FaultProxy], object]
 PROPOSALS = (ProposedUserStartedSpeakingFrame, ProposedUserStoppedSpeakingFrame)
 #: the service's counters of what it skipped or refused, exact per case (default 0)
@@ -440,19 +442,47 @@ def _check_silent_window(c: Call, case: Case) -> None:
                          f"{in_fallback}")
 
 
+REJECTION_MESSAGE = "test {code}: key " + SECRET + " refused"
+EXPECTED_REPORT = {
+    401: "Reson8 rejected the credentials (401 UNAUTHORIZED); continuing with local turn "
+         "detection",
+    400: "Reson8 rejected the session (400 INVALID_REQUEST) for parameter 'language': "
+         "test INVALID_REQUEST: key *** refused",
+    500: "Reson8 rejected the session (500 INTERNAL_ERROR): test INTERNAL_ERROR: key *** "
+         "refused",
+}
+
+
 @pytest.mark.parametrize(("status", "code"), REJECTIONS)
 async def test_rejected_upgrade(status: int, code: str, scripted_server: Reson8Server,
-                                leak_check: Any) -> None:
+                                leak_check: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """Each rejected upgrade is one ErrorFrame (upstream, to the worker) and one
+    on_connection_error naming the status and code (and the parameter, for 400), with the
+    API key, which the server's body echoes, redacted: it appears in no report and no log."""
+    caplog.set_level(logging.DEBUG)
 
     def fault(proxy: FaultProxy) -> None:
         proxy.drop()
-        proxy.reject_upgrade(status, code, f"test {code}")
+        message = REJECTION_MESSAGE.format(code=code)
+        if status == 400:
+            proxy.reject_upgrade(status, code, message, parameter="language")
+        else:
+            proxy.reject_upgrade(status, code, message)
 
     case = Case(f"{status} at upgrade", fault, at="between_turns",
                 heal=lambda p: p.clear_rejection(), heal_after_s=1.5)
-    c = await _run_case(scripted_server, case)
+    c = await _run_case(scripted_server, case, api_key=SECRET)
     _check_turns(c, c.marks["want"], len(load_fixture(FIXTURE).turns))
-    assert c.reasons
+    assert len(c.reasons) == 1 and c.reasons[0].startswith("dropped"), c.reasons
+    rejected = c.proxy.stats.upgrades_rejected
+    assert rejected >= 1
+    report = EXPECTED_REPORT[status]
+    assert [e.error for e in c.errors] == [report] * rejected, "one report per rejection"
+    assert all(e.processor is c.stt and not e.fatal for e in c.errors)
+    assert [m for m in c.connection_errors if "rejected" in m] == [report] * rejected
+    assert any(report in line for line in c.logs)  # the capture sees the reports
+    seen = [*c.logs, caplog.text, *c.connection_errors, *c.reasons]
+    assert not [s for s in seen if SECRET in s], "the API key was printed"
     assert c.stt.is_usable  # the fallback keeps the service usable
 
 
