@@ -613,3 +613,33 @@ async def test_cancel_during_reconnect_backoff(scripted_server: Reson8Server,
         await c.h.stop(CancelFrame())
         assert time.monotonic() - t0 < 2, "CancelFrame waited out the backoff"
     assert len(c.connection_errors) == 1  # no reconnect after the cancel
+
+
+async def test_outage_longer_than_the_replay_buffer(scripted_server: Reson8Server,
+                                                     leak_check: Any) -> None:
+    """Refused for 17.5 s of speech with a 3 s replay buffer: the oldest audio is dropped,
+    counted and warned about once; the turns are still proposed and ended; the speech in
+    the last 3 s (turn 2, "no") and everything after is transcribed, exactly."""
+    fx = load_fixture(FIXTURE)
+    cut_ms = 17500  # after turn 2 ("no", 15.6-16.0 s), before turn 3 (18.1 s)
+    bound = 3 * 8000  # 3 s of the 8 kHz mu-law uplink
+    async with observed_call(scripted_server, FaultProxy.refuse, replay_buffer_s=3.0) as c:
+        await c.h.feed(fx.pcm16()[: cut_ms * 16], speed=SPEED)
+        await _until(lambda: c.audio_bytes == cut_ms * 16, 5, "the service took all audio")
+        assert c.stt.stats["dropped_bytes"] == cut_ms * 8 - bound
+        c.proxy.accept()
+        # the server answers for the replay (turn 2) and is handed the turns back
+        await _until(lambda: [k for _, k, _ in c.fallbacks] == ["started", "ended"], 15,
+                     "the replay answered for")
+        await c.h.feed(fx.pcm16()[cut_ms * 16:], speed=SPEED)
+        await _settle(c, 3)
+        await _until(lambda: not c.stt.in_fallback, 15, "the service back from fallback")
+    assert 0 < c.stt.stats["replayed_bytes"] <= bound
+    assert c.stt.stats["dropped_bytes"] == cut_ms * 8 - bound  # none once connected
+    warnings = [line for line in c.logs if "replay buffer" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("WARNING"), warnings
+    # turns 0 and 1 are gone with the dropped audio; the rest is what the server says for
+    # the audio from where the buffer begins
+    assert ground_truth(cut_ms - 3000) == ground_truth()[2:]
+    _check_turns(c, ground_truth()[2:], len(fx.turns))
+    assert not c.errors
