@@ -29,6 +29,7 @@ from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
+from ._keepalive import ProgressKeepalive
 from .auth import Credentials, Secret, auth_headers, redact, redact_url, websocket_logger
 from .errors import (
     BadRequest,
@@ -176,6 +177,12 @@ class _CredentialedConnect(ws_connect):
         return exc
 
 
+class _ClientConnection(ProgressKeepalive, ClientConnection):
+    """websockets' client connection whose keep-alive waits for a late pong while the
+    connection makes progress: a file streamed at full speed has the pong queued behind
+    the audio the server has not read yet (:mod:`reson8_voice._keepalive`)."""
+
+
 def _closed(exc: WsConnectionClosed) -> ConnectionClosed:
     frame = exc.rcvd or exc.sent
     if frame is None:
@@ -259,6 +266,7 @@ async def open_websocket(
         "max_size": MAX_MESSAGE_BYTES,
         "proxy": None,
         "logger": websocket_logger("client"),
+        "create_connection": _ClientConnection,
         **ws_options,
     }
     if parts.scheme == "wss":
