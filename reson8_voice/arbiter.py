@@ -225,6 +225,17 @@ class TurnArbiter:
             self._replay_deadline = max(now, heard_at) + 2 * self.watchdog_s
         return self._maybe_hand_back(now)
 
+    def replay_heard(self, now: float) -> list[Decision]:
+        """The server has received the whole replay (it answered a ping sent after it).
+
+        It is alive: if it then says nothing for twice ``watchdog_s`` while the caller is
+        silent, the replayed speech was not a turn to it (a cough), and turns are handed
+        back instead of the session being declared dead.
+        """
+        self._replay_progress = True
+        self._extend_replay_deadline(now)
+        return []
+
     def connection_paused(self, now: float) -> list[Decision]:
         """A planned reconnect between turns (new settings): no fallback, no turn change."""
         self.connected = False

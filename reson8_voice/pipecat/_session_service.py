@@ -110,10 +110,15 @@ class SessionSTTService(STTService, Generic[SessionT]):
         await self._finish()
 
     async def _close_quietly(self, session: SessionT) -> None:
+        """Close ``session``; if that takes over ``_CLOSE_TIMEOUT_S`` (a server that stopped
+        answering cannot finish the close handshake), drop its socket at once."""
         try:
             await asyncio.wait_for(self._close_session(session), _CLOSE_TIMEOUT_S)
         except Exception as exc:  # closing a dead socket can fail in many ways
             logger.debug(f"{self.name}: close: {exc.__class__.__name__}")
+            websocket = getattr(session, "websocket", None)  # every session type has one
+            if websocket is not None:
+                websocket.transport.abort()
 
     # -- audio out ---------------------------------------------------------------------------
     async def _pump(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
+from websockets.asyncio.client import ClientConnection
 
 from ..auth import Secret, redact_url
 from ..client import check_transport
@@ -48,6 +49,11 @@ _DEFAULT_LOCAL_URL = "ws://127.0.0.1:8765"
 class _Session:
     conn: GatewayConnection
     finalizes: deque[str] = field(default_factory=deque)
+
+    @property
+    def websocket(self) -> ClientConnection:
+        """The session's socket (to abort it when its close cannot finish)."""
+        return self.conn.websocket
 
 
 class Reson8GatewaySTTService(VADTurnSTTService):

@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from pipecat.services.settings import STTSettings
 from pipecat.utils.types import is_given
+from websockets.asyncio.client import ClientConnection
 
 from .. import g711
 from ..auth import Secret, redact_url
@@ -69,6 +70,11 @@ _DEFAULT_LOCAL_URL = "ws://127.0.0.1:8765/elevenlabs"
 class _Session:
     conn: ScribeConnection
     commits: deque[str] = field(default_factory=deque)
+
+    @property
+    def websocket(self) -> ClientConnection:
+        """The session's socket (to abort it when its close cannot finish)."""
+        return self.conn.websocket
 
 
 class ScribeRealtimeSTTService(VADTurnSTTService):

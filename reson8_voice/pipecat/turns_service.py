@@ -97,6 +97,9 @@ _CONNECTION_BOUND = ("language", "custom_model_id", "include_timestamps", "inclu
                      "include_language", "patterns")
 _TURN_START_REWIND_S = 0.6
 _MIN_TURN_GAP_S = 0.1
+#: replayed speech this long owes a turn (a "no" is 0.3-0.4 s); one the server ignores (a
+#: cough) is let go once a ping behind the replay shows the server is alive and has it all
+_REPLAY_MIN_SPEECH_S = 0.2
 
 
 @dataclass
@@ -251,6 +254,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
         self._conn_start = 0  # backlog position where the current session's audio begins
         self._warned_drop = False
         self._last_stop_at = 0.0
+        self._start_unsent = False
         self._speech_started_ms = 0
         #: local speech (start, end) in backlog positions, for the replay's bookkeeping
         self._speech_spans: deque[tuple[int, int]] = deque(maxlen=64)
@@ -442,6 +446,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             now, replay_pending=replay > 0, replay_has_speech=owed,
             replay_speech_s=self._pos_to_s(speech_end - replay_from)))
         reader = asyncio.create_task(self._receive(conn))
+        heard: asyncio.Task[None] | None = None
         try:
             if replay > 0:
                 logger.info(f"reson8: replaying {replay} bytes of audio after the outage")
@@ -449,14 +454,17 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
                 with contextlib.suppress(ConnectionClosed, OSError):
                     await self._replay()  # a drop mid-replay: the reader reports why
                 await self._apply(self.arbiter.replay_done(time.monotonic()))
+                if owed:
+                    heard = asyncio.create_task(self._replay_heard(conn))
             self._healthy.set()
             await self._pump()  # what arrived while the replay was going out
             reason = await reader
         finally:
             self._healthy.clear()
-            if not reader.done():
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+            for task in (reader, heard):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             self._conn = None
         await self._close_quietly(conn)
         await self._call_event_handler("on_disconnected")
@@ -465,6 +473,15 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             await self._apply(self.arbiter.connection_paused(time.monotonic()))
         elif not self._stopping:
             await self._lost(reason)
+
+    async def _replay_heard(self, conn: Reson8Connection[TurnsParams]) -> None:
+        """Ping behind the replay: the pong says the server has received all of it."""
+        try:
+            pong = await conn.websocket.ping()
+            await pong
+        except Exception:  # closed: the reader reports why
+            return
+        await self._apply(self.arbiter.replay_heard(time.monotonic()))
 
     async def _receive(self, conn: Reson8Connection[TurnsParams]) -> str:
         """Read events until the connection ends; returns why it ended."""
@@ -528,7 +545,7 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
         """Whether the local VAD heard enough speech after ``start`` that the server, given
         that audio, owes a turn for it (a word's tail at the edge does not count)."""
         heard = sum(max(0, end - max(a, start)) for a, end in self._local_speech())
-        return heard >= self._ms_to_pos(self.arbiter.min_server_speech_s * 1000)
+        return heard >= self._ms_to_pos(_REPLAY_MIN_SPEECH_S * 1000)
 
     def _move_anchor(self, event: TurnStart | TurnEndCandidate | TurnContinuation |
                      TurnEnd) -> None:
@@ -623,9 +640,11 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
                 # while the previous turn is still open, and drop the new turn. Keep them
                 # a short gap apart so the stop is processed first.
                 gap = self._last_stop_at + _MIN_TURN_GAP_S - time.monotonic()
+                self._start_unsent = True  # until broadcast (a stop may cancel the wait)
                 if gap > 0:
                     await asyncio.sleep(gap)
                 await self.broadcast_frame(ProposedUserStartedSpeakingFrame)
+                self._start_unsent = False
                 await self._call_event_handler("on_turn_start")
             elif isinstance(d, Candidate):
                 await self._on_candidate(d)
@@ -635,6 +654,9 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
             elif isinstance(d, FinalTranscript):
                 await self._on_final(d)
             elif isinstance(d, ProposeStop):
+                if self._start_unsent:  # its start never went out: neither does the stop
+                    self._start_unsent = False
+                    continue
                 await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
                 self._last_stop_at = time.monotonic()
                 await self._maybe_planned_reconnect()
