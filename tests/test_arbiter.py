@@ -220,8 +220,8 @@ def test_a_server_that_answered_then_went_quiet_gets_the_turns_back() -> None:
 def test_a_server_that_has_the_replay_and_stays_quiet_gets_the_turns_back() -> None:
     a = _replaying(1.0)
     assert a.replay_heard(10.5) == []  # the pong behind the replay: it has all of it
-    assert a.check(12.4) == []  # 10.5 + 2 x watchdog
-    assert kinds(a.check(12.5)) == ["FallbackEnded"]  # a cough it did not call a turn
+    assert a.check(12.9) == []  # 10 + 1 s of speech + 2 x watchdog
+    assert kinds(a.check(13.0)) == ["FallbackEnded"]  # a cough it did not call a turn
 
 
 def test_hand_back_waits_for_the_caller_to_stop() -> None:
