@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
     ProposedUserStoppedSpeakingFrame,
     TranscriptionFrame,
 )
+from pipecat.utils.errors import ErrorCategory
 from websockets.asyncio.server import ServerConnection, serve
 
 from reson8_voice import Transcript
@@ -154,7 +155,8 @@ async def test_unanswered_flush_times_out_into_the_fallback() -> None:
 async def test_an_in_session_invalid_request_is_not_retried_at_once() -> None:
     """The embedded server answers a malformed request (e.g. a flush id that is not a
     string) with INVALID_REQUEST and closes 1008: repeating it at once would only loop, so
-    the service reports it and waits ``rejected_retry_s`` before the next session."""
+    the service reports it as an invalid request (not ``unknown``) and waits
+    ``rejected_retry_s`` before the next session."""
     opened: list[float] = []
     second = asyncio.Event()
 
@@ -169,15 +171,17 @@ async def test_an_in_session_invalid_request_is_not_retried_at_once() -> None:
         port = next(iter(server.sockets)).getsockname()[1]
         stt = Reson8RealtimeSTTService(url=f"ws://127.0.0.1:{port}", rejected_retry_s=1.0,
                                        reconnect_delay_s=(0.05, 0.05))
-        reported: list[str] = []
+        reported: list[tuple[str, ErrorCategory | None]] = []
 
         @stt.event_handler("on_error")
         async def _on_error(service: Any, frame: ErrorFrame) -> None:
-            reported.append(frame.error)
+            reported.append((frame.error, frame.category))
 
         async with Harness([stt]):
             await asyncio.wait_for(second.wait(), 5)
-    assert any("INVALID_REQUEST" in r and "bad flush id" in r for r in reported), reported
+    assert any("INVALID_REQUEST" in text and "bad flush id" in text
+               and category is ErrorCategory.INVALID_REQUEST
+               for text, category in reported), reported
     assert opened[1] - opened[0] >= 0.75  # rejected_retry_s (1 s) with -20 % jitter
 
 
