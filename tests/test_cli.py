@@ -9,6 +9,7 @@ import struct
 import sys
 import wave
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -226,6 +227,37 @@ def test_serve_refuses_a_public_bind_before_loading_the_models(
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["reson8-voice: error: refusing to serve on 0.0.0.0 without an API key: "
                    "pass --api-key-file or set RESON8_API_KEY (or bind 127.0.0.1)"]
+
+
+def test_serve_takes_its_key_from_a_key_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The file's first line is the server's key: a public bind is allowed with it, and
+    nothing about it (nor a warning) is printed."""
+    from reson8_voice.engine import models
+    from reson8_voice.server import app
+
+    key_file = tmp_path / "key"
+    key_file.write_text("serve-key-51c0\n")
+    monkeypatch.delenv("RESON8_API_KEY", raising=False)
+    configs: list[ServerConfig] = []
+    real_config = app.ServerConfig
+
+    def recording_config(**kwargs: Any) -> ServerConfig:
+        configs.append(real_config(**kwargs))
+        return configs[-1]
+
+    def stop_before_the_models(*args: object, **kwargs: object) -> None:
+        raise ImportError("stop here")
+
+    monkeypatch.setattr(app, "ServerConfig", recording_config)
+    monkeypatch.setattr(models.LocalModels, "load", stop_before_the_models)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "0",
+                 "--api-key-file", str(key_file)]) == EXIT_FAILURE  # the stub's ImportError
+    assert len(configs) == 1 and configs[0].api_key is not None
+    assert configs[0].api_key.reveal() == "serve-key-51c0"
+    err = capsys.readouterr().err
+    assert "stop here" in err and "serve-key" not in err and "warning" not in err
 
 
 def test_serve_workers_reach_whisper(monkeypatch: pytest.MonkeyPatch) -> None:
