@@ -394,3 +394,42 @@ async def test_an_unexpected_server_failure_is_logged_without_the_request_creden
     assert "session failed" in text or "during the upgrade" in text
     assert "RuntimeError: cannot parse" in text  # the failure is there, with its traceback
     assert key not in text and token not in text
+
+
+async def test_a_failed_session_is_logged_without_the_request_credentials(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same inside an open session: ``diagnose=True`` prints the value of every name on
+    each frame's failing line, and session code may well have the request's credentials
+    there (here the failing line does)."""
+    from urllib.parse import parse_qsl, urlsplit
+
+    from websockets.asyncio.client import connect as raw_connect
+    from websockets.asyncio.server import ServerConnection
+
+    key, token = "sk-server-KEY-4410", "tok-QUERY-8823"
+
+    async def broken(self: Reson8Server, ws: ServerConnection, params: Any) -> None:
+        assert ws.request is not None  # session code looking at its request's credentials
+        authorization = ws.request.headers["Authorization"]
+        query_token = dict(parse_qsl(urlsplit(ws.request.path).query))["token"]
+        raise RuntimeError("session broke: " + str(len(authorization) + len(query_token)))
+
+    monkeypatch.setattr(Reson8Server, "_session", broken)
+    out: list[str] = []
+    sink = logger.add(out.append, level="DEBUG", diagnose=True, backtrace=True)
+    try:
+        async with Reson8Server(ServerConfig(port=0, api_key=Secret(key)),
+                                scripted_runner()) as srv:
+            url = f"{srv.url}/v1/speech-to-text/turns?encoding=mulaw&sample_rate=8000" \
+                  f"&token={token}"
+            async with raw_connect(url, additional_headers={
+                    "Authorization": f"ApiKey {key}"}) as ws:
+                error = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert error["code"] == "INTERNAL_ERROR"  # logged before it was sent
+    finally:
+        logger.remove(sink)
+    text = "".join(out)
+    assert "session failed" in text
+    assert "RuntimeError: session broke: " in text
+    assert key not in text and token not in text
