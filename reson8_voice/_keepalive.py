@@ -6,14 +6,29 @@ peer that sends audio faster than the other end processes it has its ping (or th
 pong) queued behind that audio, and a healthy connection was dropped for its own backlog
 ("keepalive ping timeout": the embedded server after ~40 s of 256 KiB-1 MiB messages, the
 client after 67-134 s of a file streamed at full speed). Here a late pong is waited for as
-long as the connection makes progress (bytes arriving, messages read, messages written,
-each within the last ``ping_timeout``); one that makes none for ``ping_timeout`` after a
-ping is closed with 1011 as before (a vanished peer, or one that neither reads nor sends).
+long as the connection makes progress, each sign within the last ``ping_timeout``:
+
+* bytes arriving, messages read, messages written (a send returns once the peer has made
+  room for it);
+* the peer acknowledging bytes already written: asyncio's write buffer plus, on Linux, the
+  kernel's send queue (``SIOCOUTQ``: bytes the peer's TCP has not acknowledged) going down.
+  This is the sign of a quiet peer reading a large message, or a backlog left queued after
+  the last send; a peer that stops reading stops acknowledging once its receive buffer is
+  full. Elsewhere only asyncio's buffer is seen.
+
+One that makes none for ``ping_timeout`` after a ping is closed with 1011 as before (a
+vanished peer, or one that neither reads nor sends). While it waits it goes on pinging
+every ``ping_interval``: the other end may be waiting too, for a pong queued behind the
+same backlog, and a peer with nothing else to say is heard only through these pings (a
+client that has sent a whole file and waits for a quiet server's results).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import struct
+import sys
 from collections.abc import Awaitable
 from typing import Any
 
@@ -21,6 +36,21 @@ from websockets.asyncio.connection import Connection
 from websockets.frames import CloseCode
 
 __all__ = ["ProgressKeepalive"]
+
+if sys.platform == "linux":
+    import fcntl
+    import termios
+
+    def _kernel_unacknowledged(fd: int) -> int | None:
+        """Bytes in the socket's send queue not yet acknowledged by the peer."""
+        try:
+            queued = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")  # == SIOCOUTQ
+        except OSError:
+            return None
+        return int(struct.unpack("i", queued)[0])
+else:
+    def _kernel_unacknowledged(fd: int) -> int | None:
+        return None
 
 
 class ProgressKeepalive(Connection):
@@ -36,7 +66,7 @@ class ProgressKeepalive(Connection):
         self.last_progress = self.loop.time()
 
     def data_received(self, data: bytes) -> None:
-        """Bytes from the client: progress, whatever they hold."""
+        """Bytes from the peer: progress, whatever they hold."""
         self.last_progress = self.loop.time()
         super().data_received(data)
 
@@ -51,6 +81,28 @@ class ProgressKeepalive(Connection):
         await super().send(message, text=text)
         self.last_progress = self.loop.time()
 
+    def _unacknowledged(self) -> int | None:
+        """Bytes written that the peer has not acknowledged yet (None when the connection
+        has no transport or socket to ask)."""
+        try:
+            buffered = self.transport.get_write_buffer_size()
+        except (AttributeError, RuntimeError):
+            return None
+        sock = self.transport.get_extra_info("socket")
+        kernel = None
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                kernel = _kernel_unacknowledged(sock.fileno())
+        return buffered + (kernel or 0)
+
+    def _check_acknowledged(self, before: int | None) -> int | None:
+        """Count the peer acknowledging data since ``before`` (an :meth:`_unacknowledged`
+        of earlier) as progress; returns the count now, for the next check."""
+        now = self._unacknowledged()
+        if before is not None and now is not None and now < before:
+            self.last_progress = self.loop.time()
+        return now
+
     async def _close_dead(self) -> None:
         """Close with 1011; abort if even the close frame cannot be written (at once when
         unsent data is still waiting: the close frame would only queue behind it)."""
@@ -63,6 +115,14 @@ class ProgressKeepalive(Connection):
         except TimeoutError:
             self.transport.abort()
 
+    async def _ping(self) -> Awaitable[float] | None:
+        """Send a ping; None if it could not be written within ``ping_timeout`` (a peer
+        that reads nothing leaves it in the write buffer)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.ping_timeout):
+                return await self.ping()
+        return None
+
     async def keepalive(self) -> None:
         """Ping every ``ping_interval``; close with 1011 when no pong came within
         ``ping_timeout`` and the session made no progress in that time either."""
@@ -74,27 +134,32 @@ class ProgressKeepalive(Connection):
                 if self.ping_timeout is None:
                     await self.ping()
                     continue
-                pong: Awaitable[float] | None = None
-                try:  # a client that reads nothing leaves the ping in the write buffer
-                    async with asyncio.timeout(self.ping_timeout):
-                        pong = await self.ping()
-                except TimeoutError:
-                    pass
+                unacknowledged = self._unacknowledged()
+                first = self.loop.time()
+                pong = await self._ping()
+                pinged = self.loop.time()
                 latency = 0.0
+                step = min(self.ping_interval, self.ping_timeout)
                 while True:
                     if pong is not None:
                         done, _ = await asyncio.wait({asyncio.ensure_future(pong)},
-                                                     timeout=self.ping_timeout)
+                                                     timeout=step)
                         if done:
                             latency = done.pop().result()
                             break
-                    if self.loop.time() - self.last_progress >= self.ping_timeout:
+                    unacknowledged = self._check_acknowledged(unacknowledged)
+                    now = self.loop.time()
+                    if min(now - first, now - self.last_progress) >= self.ping_timeout:
                         self.logger.debug("- timed out waiting for keepalive pong")
                         await self._close_dead()
                         return
                     if pong is None:
                         break  # the ping is not even out, but the session moves: ping again
-                    # else the pong is behind the session's own backlog: keep waiting
+                    # else the pong is behind the session's own backlog: keep waiting, and
+                    # keep pinging (a pong for a later ping answers this one too)
+                    if now - pinged >= self.ping_interval:
+                        await self._ping()
+                        pinged = self.loop.time()
         except asyncio.CancelledError:
             raise
         except Exception:
