@@ -17,10 +17,12 @@ long as the connection makes progress, each sign within the last ``ping_timeout`
   full. Elsewhere only asyncio's buffer is seen.
 
 One that makes none for ``ping_timeout`` after a ping is closed with 1011 as before (a
-vanished peer, or one that neither reads nor sends). While it waits it goes on pinging
-every ``ping_interval``: the other end may be waiting too, for a pong queued behind the
-same backlog, and a peer with nothing else to say is heard only through these pings (a
-client that has sent a whole file and waits for a quiet server's results).
+vanished peer, or one that neither reads nor sends). While it waits it goes on pinging,
+twice per ``min(ping_interval, ping_timeout)``: the other end may be waiting too, for a
+pong queued behind the same backlog, and a peer with nothing else to say is heard only
+through these pings (a client that has sent a whole file and waits for a quiet server's
+results). At half its own timeout they reach an end configured alike well within its
+timeout; every ``ping_interval`` would race it.
 """
 
 from __future__ import annotations
@@ -137,9 +139,8 @@ class ProgressKeepalive(Connection):
                 unacknowledged = self._unacknowledged()
                 first = self.loop.time()
                 pong = await self._ping()
-                pinged = self.loop.time()
                 latency = 0.0
-                step = min(self.ping_interval, self.ping_timeout)
+                step = min(self.ping_interval, self.ping_timeout) / 2
                 while True:
                     if pong is not None:
                         done, _ = await asyncio.wait({asyncio.ensure_future(pong)},
@@ -157,9 +158,7 @@ class ProgressKeepalive(Connection):
                         break  # the ping is not even out, but the session moves: ping again
                     # else the pong is behind the session's own backlog: keep waiting, and
                     # keep pinging (a pong for a later ping answers this one too)
-                    if now - pinged >= self.ping_interval:
-                        await self._ping()
-                        pinged = self.loop.time()
+                    await self._ping()
         except asyncio.CancelledError:
             raise
         except Exception:

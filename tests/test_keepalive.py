@@ -67,11 +67,12 @@ def _slow_reader(n: int, all_received: asyncio.Event,
 
 
 async def _send_all_then_wait(url: str, n: int, all_received: asyncio.Event,
-                              checked: asyncio.Event | None = None) -> None:
+                              checked: asyncio.Event | None = None,
+                              ping_timeout: float = 0.3) -> None:
     """Send ``n`` chunks at full speed, then wait (nothing more to send) until the server
     has read them all; the connection must be open throughout. ``checked`` is set once
     that is asserted, before the client closes."""
-    conn = await connect_turns(url, PARAMS, ping_interval=0.1, ping_timeout=0.3)
+    conn = await connect_turns(url, PARAMS, ping_interval=0.1, ping_timeout=ping_timeout)
     try:
         for _ in range(n):
             await conn.send_audio(CHUNK)
@@ -92,14 +93,16 @@ async def test_a_slow_but_reading_server_keeps_the_connection() -> None:
 
 
 async def test_a_quiet_server_with_the_projects_keepalive_keeps_the_connection() -> None:
-    """The server's pong to the client is late (behind the audio), and so is the client's
-    to the server. Once the client has sent everything, the server's pings are all it
+    """The client's pong to the server is late (behind the audio), and so is the server's
+    to the client. Once the client has sent everything, the server's pings are all it
     hears while the server works through the backlog: a server keep-alive that stopped
-    pinging while waiting for its own late pong left the client to drop it."""
+    pinging while waiting for its own late pong left the client to drop it, and one that
+    pinged every ping_interval raced a client whose timeout is that long (both default to
+    20 s); here the client's is even a little shorter than the server's interval."""
     all_received = asyncio.Event()
-    async with _server(_slow_reader(N, all_received), ping_interval=0.1, ping_timeout=0.3,
+    async with _server(_slow_reader(N, all_received), ping_interval=0.3, ping_timeout=0.3,
                        create_connection=_KeepaliveServerConnection) as url:
-        await _send_all_then_wait(url, N, all_received)
+        await _send_all_then_wait(url, N, all_received, ping_timeout=0.25)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the kernel's send queue (SIOCOUTQ)")
