@@ -206,7 +206,7 @@ def _rejection(exc: InvalidStatus) -> Reson8Error:
             code = _opt_str(data.get("code"))
             message = _opt_str(data.get("message")) or ""
             parameter = _opt_str(data.get("parameter"))
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to decode
         message = body.decode("utf-8", "replace")[:200]
     err = handshake_error(status, code, message)
     if isinstance(err, BadRequest):

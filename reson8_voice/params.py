@@ -38,6 +38,11 @@ _MAX_CHANNELS = 8
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
+#: no integer parameter needs more digits (int() of a 4,300-digit string raises ValueError)
+_MAX_INT_DIGITS = 9
+#: the spec's patterns are for short alphanumeric tokens (order codes, licence plates)
+_MAX_PATTERN_CHARS = 256
+_MAX_PATTERNS = 32
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> int:
@@ -51,6 +56,8 @@ def _check_int(name: str, value: object, low: int, high: int) -> int:
 def _parse_int(name: str, text: str) -> int:
     if not (text.isascii() and text.isdigit()):  # "²".isdigit() is True, int("²") fails
         raise InvalidRequest(name, f"must be a whole number, got {text[:40]!r}")
+    if len(text.lstrip("0")) > _MAX_INT_DIGITS:
+        raise InvalidRequest(name, f"is out of range: {len(text)} digits")
     return int(text)
 
 
@@ -191,18 +198,25 @@ class TurnsParams(_Params):
         _Params.__post_init__(self)
         if isinstance(self.patterns, str) or not isinstance(self.patterns, Sequence):
             raise InvalidRequest("patterns", "must be a list of strings")
+        if len(self.patterns) > _MAX_PATTERNS:
+            raise InvalidRequest("patterns", f"at most {_MAX_PATTERNS} patterns, got "
+                                 f"{len(self.patterns)}")
         if not isinstance(self.patterns, tuple):
             object.__setattr__(self, "patterns", tuple(self.patterns))
         for pattern in self.patterns:
             if not isinstance(pattern, str) or not pattern:
                 raise InvalidRequest("patterns", "each pattern must be a non-empty string")
             if "," in pattern:
-                raise InvalidRequest("patterns", f"a pattern cannot contain ',': {pattern!r}")
+                raise InvalidRequest("patterns", f"a pattern cannot contain ',': {pattern[:40]!r}")
+            if len(pattern) > _MAX_PATTERN_CHARS:
+                raise InvalidRequest("patterns", f"a pattern is at most {_MAX_PATTERN_CHARS} "
+                                     f"characters, got {len(pattern)}")
             try:
                 re.compile(pattern)
-            except re.error as exc:
-                raise InvalidRequest("patterns", f"{pattern[:40]!r} is not a regex: {exc}") \
-                    from None
+            # a{4294967296} overflows the compiler's repeat count; deep nesting its recursion
+            except (re.error, OverflowError, RecursionError) as exc:
+                raise InvalidRequest("patterns", f"{pattern[:40]!r} is not a regex: "
+                                     f"{exc.__class__.__name__}: {str(exc)[:80]}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,27 @@ def test_params_from_any_query(pairs: list[tuple[str, str]]) -> None:
         assert cls.from_query(params.to_query()) == params
 
 
+#: what short random text never reaches: numbers past int()'s 4,300-digit limit, repeat
+#: counts past the regex compiler's, nesting past its recursion (each was an untyped
+#: exception, and a 500 at the server)
+HOSTILE_VALUE = (st.integers(4000, 6000).map(lambda n: "7" * n)
+                 | st.integers(2**31, 2**40).map(lambda n: f"a{{{n}}}")
+                 | st.integers(500, 3000).map(lambda n: "(" * n + ")" * n)
+                 | st.text(alphabet="()[]{}*+?|\\^$.a0", max_size=300))
+
+
+@given(st.sampled_from(["sample_rate", "channels", "patterns"]), HOSTILE_VALUE)
+@settings(max_examples=200, deadline=None)
+def test_params_from_a_hostile_value(name: str, value: str) -> None:
+    for cls in (TurnsParams, RealtimeParams):
+        try:
+            params = cls.from_query([(name, value)])
+        except InvalidRequest as exc:
+            assert exc.parameter == name
+            continue
+        assert cls.from_query(params.to_query()) == params
+
+
 @given(st.binary(max_size=2000), st.sampled_from(["mulaw", "alaw"]))
 @settings(max_examples=200, deadline=None)
 def test_g711_any_bytes(data: bytes, law: str) -> None:

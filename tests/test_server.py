@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 import pytest
+from loguru import logger
 from websockets.asyncio.client import connect as raw_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -84,13 +85,23 @@ async def test_unknown_path_is_404(server: Reson8Server) -> None:
 @pytest.mark.parametrize(("query", "parameter"), [
     ("encoding=opus", "encoding"), ("sample_rate=12", "sample_rate"),
     ("include_words=perhaps", "include_words"), ("encoding=mulaw&encoding=alaw", "encoding"),
+    # past int()'s 4,300-digit limit, a repeat count the regex compiler overflows on, and
+    # nesting deeper than its recursion: each was a 500 and an ERROR traceback
+    ("sample_rate=" + "9" * 4400, "sample_rate"), ("channels=" + "1" * 4400, "channels"),
+    ("patterns=a%7B4294967296%7D", "patterns"), ("patterns=" + "(" * 3000 + ")" * 3000, "patterns"),
 ])
 async def test_bad_parameters_are_400_naming_the_parameter(
     server: Reson8Server, query: str, parameter: str
 ) -> None:
-    status, body = await _rejection(f"{server.url}{TURNS}?{query}")
+    errors: list[str] = []
+    sink = logger.add(errors.append, level="ERROR")
+    try:
+        status, body = await _rejection(f"{server.url}{TURNS}?{query}")
+    finally:
+        logger.remove(sink)
     assert status == 400 and body["code"] == "INVALID_REQUEST"
     assert parameter in body["message"] and body["parameter"] == parameter
+    assert errors == []  # a client's mistake, not the server's failure
 
 
 async def test_realtime_refuses_g711(server: Reson8Server) -> None:
@@ -474,6 +485,25 @@ async def test_the_dialects_refuse_an_unsupported_language_when_the_session_open
                                "?model_id=scribe_v2_realtime&language_code=fr") as ws:
             error = json.loads(await asyncio.wait_for(ws.recv(), 10))
             assert error["message_type"] == "input_error" and "'fr'" in error["error"]
+
+
+async def test_json_nested_too_deep_is_a_bad_message_not_a_failed_session(
+    server: Reson8Server,
+) -> None:
+    """``"[" * 200000`` exhausts the JSON decoder's recursion. The realtime endpoint took
+    that for its own failure (INTERNAL_ERROR, 1011, an ERROR traceback); it is a client's
+    malformed message, skipped like any other, and the session goes on."""
+    errors: list[str] = []
+    sink = logger.add(errors.append, level="ERROR")
+    try:
+        async with raw_connect(f"{server.url}{REALTIME}?encoding=pcm_s16le") as ws:
+            await ws.send("[" * 200_000)
+            await ws.send(json.dumps({"type": "flush_request", "id": "after"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10)) == {
+                "type": "flush_confirmation", "id": "after"}
+    finally:
+        logger.remove(sink)
+    assert errors == []
 
 
 async def test_a_flush_before_the_header_does_not_fix_the_rate(server: Reson8Server) -> None:

@@ -135,7 +135,7 @@ def _message_type(text: str) -> object:
     """The ``type`` of a JSON text message, or None."""
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # "[" * 200000 exhausts the decoder's recursion
         return None
     return obj.get("type") if isinstance(obj, dict) else None
 
