@@ -18,6 +18,8 @@ from .auth import (
     auth_headers,
     parse_auth,
     redact_url,
+    redacted_repr,
+    url_credentials,
     websocket_logger,
 )
 from .errors import (
@@ -116,6 +118,8 @@ __all__ = [
     "parse_auth",
     "parse_event",
     "redact_url",
+    "redacted_repr",
+    "url_credentials",
     "serialize_event",
     "websocket_logger",
 ]

@@ -14,11 +14,14 @@ the value must go on the wire, and :meth:`Secret.matches` (constant time) to com
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
+import sys
+import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidRequest
@@ -33,6 +36,8 @@ __all__ = [
     "redact",
     "redact_request",
     "redact_url",
+    "redacted_repr",
+    "url_credentials",
     "single_header",
     "websocket_logger",
 ]
@@ -159,11 +164,12 @@ def parse_auth(
     return None
 
 
-def redact(text: str, *secrets: Secret | None) -> str:
+def redact(text: str, *secrets: Secret | str | None) -> str:
     """``text`` with every occurrence of the given secrets replaced by ``***``."""
     for secret in secrets:
-        if secret is not None:
-            text = text.replace(secret.reveal(), _REDACTED)
+        value = secret.reveal() if isinstance(secret, Secret) else secret
+        if value:
+            text = text.replace(value, _REDACTED)
     return text
 
 
@@ -173,6 +179,27 @@ def redact(text: str, *secrets: Secret | None) -> str:
 _SECRET_HEADERS = frozenset({"authorization", "sec-websocket-protocol", "xi-api-key", "cookie"})
 _SECRET_PARAMS = frozenset({"token", "access_token", "api_key", "key", "xi-api-key"})
 _SCHEMES = frozenset({"apikey", "bearer", "basic", "token"})  # not secrets themselves
+
+
+def url_credentials(url: str) -> tuple[str, ...]:
+    """The values of ``url``'s credential query parameters (those :func:`redact_url`
+    masks): a ``?token=`` is as secret as a header."""
+    query = urlsplit(url).query
+    if not query:
+        return ()
+    return tuple(v for k, v in parse_qsl(query, keep_blank_values=True)
+                 if k.lower() in _SECRET_PARAMS and v)
+
+
+def redacted_repr(obj: Any) -> str:
+    """A dataclass's repr with the credentials in its URL fields masked (assign it as the
+    class's ``__repr__``; fields with ``repr=False`` stay out as usual)."""
+    shown = []
+    for f in dataclasses.fields(obj):
+        if f.repr:
+            value = getattr(obj, f.name)
+            shown.append(f"{f.name}={(redact_url(value) if isinstance(value, str) else value)!r}")
+    return f"{type(obj).__qualname__}({', '.join(shown)})"
 
 
 def redact_url(url: str) -> str:
@@ -220,11 +247,41 @@ class _HandshakeRedactor(logging.Filter):
         return True
 
 
-def websocket_logger(side: Literal["client", "server"]) -> logging.Logger:
+class _ConnectionRedactor(logging.LoggerAdapter[logging.Logger]):
+    """One connection's view of :func:`websocket_logger`: its own credentials are masked in
+    every line too, wherever they appear (a frame a server sent quoting them back, a close
+    reason, a traceback)."""
+
+    def __init__(self, log: logging.Logger, secrets: Sequence[Secret | str]) -> None:
+        super().__init__(log, {})
+        self.secrets = tuple(secrets)
+
+    def _mask(self, value: object) -> object:
+        return value if isinstance(value, int | float) else redact(str(value), *self.secrets)
+
+    def log(self, level: int, msg: object, *args: object, exc_info: Any = None,
+            **kwargs: Any) -> None:
+        if not self.isEnabledFor(level):
+            return
+        if exc_info:  # the traceback's text, masked, instead of the exception itself
+            if exc_info is True:
+                exc_info = sys.exc_info()
+            if isinstance(exc_info, BaseException):
+                exc_info = (type(exc_info), exc_info, exc_info.__traceback__)
+            msg = f"{msg}\n%s"
+            args = (*args, "".join(traceback.format_exception(*exc_info)).rstrip())
+        kwargs.setdefault("stacklevel", 2)
+        self.logger.log(level, self._mask(msg), *(self._mask(a) for a in args), **kwargs)
+
+
+def websocket_logger(
+    side: Literal["client", "server"], secrets: Sequence[Secret | str] = (),
+) -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     """The stdlib logger every reson8 WebSocket logs to (``reson8_voice.websockets.client``
     or ``.server``): websockets' own, with credentials masked in its DEBUG handshake lines,
-    which would otherwise print the ``Authorization`` header and the query string."""
+    which would otherwise print the ``Authorization`` header and the query string. With
+    ``secrets`` (one connection's credentials), those are masked in every line as well."""
     log = logging.getLogger(f"reson8_voice.websockets.{side}")
     if not any(isinstance(f, _HandshakeRedactor) for f in log.filters):
         log.addFilter(_HandshakeRedactor())
-    return log
+    return _ConnectionRedactor(log, secrets) if secrets else log

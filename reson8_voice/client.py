@@ -30,7 +30,15 @@ from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.typing import Subprotocol
 
 from ._keepalive import ProgressKeepalive
-from .auth import Credentials, Secret, auth_headers, redact, redact_url, websocket_logger
+from .auth import (
+    Credentials,
+    Secret,
+    auth_headers,
+    redact,
+    redact_url,
+    url_credentials,
+    websocket_logger,
+)
 from .errors import (
     BadRequest,
     ConnectionClosed,
@@ -91,18 +99,25 @@ class MessageStream(Generic[M]):
         try:
             await self._ws.send(data)
         except WsConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise _closed(exc, self._redact) from None
+
+    def _redact(self, text: str) -> str:
+        """``text`` from the server with the connection's credentials masked: whatever a
+        server says (an error quoting the request's headers, a malformed message) may end
+        up in an exception, an ErrorFrame or a log line."""
+        secrets = self._ws.secrets if isinstance(self._ws, _ClientConnection) else ()
+        return redact(text, *secrets)
 
     async def recv(self) -> M:
         """The next message. Raises ConnectionClosed at the end, RemoteProtocolError if bad."""
         try:
             message = await self._ws.recv()
         except WsConnectionClosed as exc:
-            raise _closed(exc) from None
+            raise _closed(exc, self._redact) from None
         if isinstance(message, bytes):
             raise RemoteProtocolError(f"unexpected binary message from {self._peer}",
-                                      message[:64])
-        return self._parse(message)
+                                      self._redact(message[:64].decode("latin-1")))
+        return self._parse(self._redact(message))
 
     def __aiter__(self) -> MessageStream[M]:
         return self
@@ -180,14 +195,20 @@ class _CredentialedConnect(ws_connect):
 class _ClientConnection(ProgressKeepalive, ClientConnection):
     """websockets' client connection whose keep-alive waits for a late pong while the
     connection makes progress: a file streamed at full speed has the pong queued behind
-    the audio the server has not read yet (:mod:`reson8_voice._keepalive`)."""
+    the audio the server has not read yet (:mod:`reson8_voice._keepalive`).
+
+    ``secrets``: the credentials the upgrade carried, masked in whatever the server sends.
+    """
+
+    secrets: tuple[Secret | str, ...] = ()
 
 
-def _closed(exc: WsConnectionClosed) -> ConnectionClosed:
+def _closed(exc: WsConnectionClosed,
+            redact_reason: Callable[[str], str] = lambda r: r) -> ConnectionClosed:
     frame = exc.rcvd or exc.sent
     if frame is None:
         return ConnectionClosed(None, "")
-    return ConnectionClosed(frame.code, frame.reason)
+    return ConnectionClosed(frame.code, redact_reason(frame.reason))
 
 
 def _opt_str(value: object) -> str | None:
@@ -221,6 +242,7 @@ def check_transport(url: str, *, carries_secret: bool, allow_insecure: bool = Fa
         InvalidRequest: naming ``url``.
     """
     parts = urlsplit(url)
+    carries_secret = carries_secret or bool(url_credentials(url))
     if (carries_secret and parts.scheme == "ws" and not is_loopback(parts.hostname)
             and not allow_insecure):
         raise InvalidRequest(
@@ -255,7 +277,9 @@ async def open_websocket(
         ConnectionClosed: the server could not be reached or hung up during the handshake.
     """
     parts = urlsplit(url)
-    carries_secret = any(s is not None for s in secrets)
+    creds: tuple[Secret | str, ...] = (*(s for s in secrets if s is not None),
+                                        *url_credentials(url))
+    carries_secret = bool(creds)
     check_transport(url, carries_secret=carries_secret, allow_insecure=allow_insecure)
     options: dict[str, Any] = {
         "additional_headers": headers,
@@ -265,33 +289,36 @@ async def open_websocket(
         "ping_timeout": ping_timeout,
         "max_size": MAX_MESSAGE_BYTES,
         "proxy": None,
-        "logger": websocket_logger("client"),
+        "logger": websocket_logger("client", creds),
         "create_connection": _ClientConnection,
         **ws_options,
     }
     if parts.scheme == "wss":
         options["ssl"] = ssl_context or ssl.create_default_context()
     try:
-        return await (_CredentialedConnect if carries_secret else ws_connect)(url, **options)
+        ws = await (_CredentialedConnect if carries_secret else ws_connect)(url, **options)
+        if isinstance(ws, _ClientConnection):
+            ws.secrets = creds
+        return ws
     except InvalidStatus as exc:
         if exc.response.body:  # the body becomes an error message: no secret may ride in it
             body = exc.response.body.decode("utf-8", "replace")
-            exc.response.body = redact(body, *secrets).encode()
+            exc.response.body = redact(body, *creds).encode()
         if carries_secret and exc.response.status_code in _REDIRECTS:
             status = exc.response.status_code
-            location = redact_url(redact(exc.response.headers.get("Location", "?"), *secrets))
+            location = redact_url(redact(exc.response.headers.get("Location", "?"), *creds))
             raise handshake_error(status, None, (
                 f"the server redirected to {location}; a request carrying credentials does "
                 "not follow redirects: connect to that URL directly")) from None
         raise rejection(exc) from None
     except InvalidURI as exc:
-        raise InvalidRequest("url", redact(str(exc), *secrets)) from None
+        raise InvalidRequest("url", redact(str(exc), *creds)) from None
     except (OSError, TimeoutError) as exc:
-        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", *secrets)) from None
+        raise ConnectionClosed(None, redact(f"cannot connect: {exc}", *creds)) from None
     except WsConnectionClosed as exc:
         raise _closed(exc) from None
     except Exception as exc:  # websockets' InvalidHandshake family and friends
-        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", *secrets)) from None
+        raise ConnectionClosed(None, redact(f"handshake failed: {exc}", *creds)) from None
 
 
 async def connect(

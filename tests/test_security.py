@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from loguru import logger
-from pipecat.frames.frames import ProposedUserStoppedSpeakingFrame
+from pipecat.frames.frames import ErrorFrame, ProposedUserStoppedSpeakingFrame
 
 from reson8_voice import (
     ApiKey,
@@ -35,11 +35,14 @@ from reson8_voice.vad import VoiceActivityDetector
 
 from .audio_fixtures import load_fixture
 from .conftest import scripted_runner
-from .pipeline_harness import Harness
+from .pipeline_harness import Harness, Recorder
 
 KEY = "r8_live_TOPSECRET_9f8e7d6c5b4a"
 WRONG = "r8_live_WRONGSECRET_0a1b2c3d"
 TOKEN = "tok_SINGLEUSE_5e6f7a8b"
+#: the logger of the stand-in servers below: what they log of the key is theirs, not ours
+STAND_IN_LOG = logging.getLogger("tests.stand_in_server")
+STAND_IN_LOG.propagate = False
 
 
 class _Capture(logging.Handler):
@@ -309,10 +312,6 @@ async def test_a_credentialed_client_refuses_redirects() -> None:
 async def _service_errors(url: str) -> list[str]:
     """What a turns service with :data:`KEY` reports of a refusal at ``url``: its first
     ``on_connection_error`` message and every ErrorFrame (pushed upstream)."""
-    from pipecat.frames.frames import ErrorFrame
-
-    from .pipeline_harness import Recorder
-
     stt = Reson8TurnsSTTService(api_key=KEY, url=url, rejected_retry_s=60,
                                 reconnect_delay_s=(60.0, 60.0))
     messages: list[str] = []
@@ -454,3 +453,78 @@ async def test_a_failed_session_is_logged_without_the_request_credentials(
     assert "session failed" in text
     assert "RuntimeError: session broke: " in text
     assert key not in text and token not in text
+
+
+@pytest.mark.parametrize("service", ["turns", "realtime"])
+async def test_what_a_server_echoes_inside_a_session_is_redacted(
+    service: str, log_lines: list[str]
+) -> None:
+    """Upgrade rejections were redacted, but not what a server says once the session is
+    open: an error event, a message that is not JSON, an unknown event and a close reason
+    that quote the request's Authorization header reached ErrorFrames, pipecat's error
+    log and the service's warnings with the key in them."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from reson8_voice.pipecat import Reson8RealtimeSTTService
+
+    async def echo(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        auth = ws.request.headers["Authorization"]
+        await ws.send(json.dumps({"type": "error", "code": "X", "message": f"bad {auth}"}))
+        await ws.send(f"garbage quoting {auth}")
+        await ws.send(json.dumps({"type": "weird", "echo": auth}))
+        await ws.close(1011, f"closing on {auth}"[:120])
+
+    async with serve(echo, "127.0.0.1", 0, logger=STAND_IN_LOG) as server:
+        url = f"ws://127.0.0.1:{_port(server)}"
+        stt = (Reson8TurnsSTTService(api_key=KEY, url=url, reconnect_delay_s=(30, 30))
+               if service == "turns" else
+               Reson8RealtimeSTTService(api_key=KEY, url=url, reconnect_delay_s=(30, 30)))
+        closed: list[str] = []
+
+        @stt.event_handler("on_disconnected")
+        async def _on_disconnected(service: Any) -> None:
+            closed.append("closed")
+
+        upstream = Recorder()
+        async with Harness([upstream, stt]) as h:
+            await h.wait_for(lambda h: bool(closed), 10)
+    errors = [f.error for _, f in upstream.frames if isinstance(f, ErrorFrame)]
+    blob = "\n".join(errors + log_lines)
+    assert "bad ApiKey ***" in blob  # the server's error did come through, masked
+    assert KEY not in blob and KEY[8:] not in blob
+
+
+async def test_a_token_in_the_url_is_a_credential() -> None:
+    """``?token=`` is masked by redact_url, so it is a secret: not in the service's url or
+    repr, nor in the demo's and agents' config reprs, and not sent over plain ws:// to a
+    remote host; a server echoing it back is masked like a key."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from agents.local_assistant.assistant import AssistantConfig
+    from agents.twilio_bot.bot import BotConfig
+    from reson8_voice.demo.runner import DemoOptions
+    from reson8_voice.demo.transcribe import TranscribeOptions
+
+    url = f"ws://127.0.0.1:9/?token={TOKEN}"
+    shown = [repr(BotConfig(reson8_url=url)), repr(AssistantConfig(reson8_url=url)),
+             repr(DemoOptions(url=url)), repr(TranscribeOptions(url=url))]
+    stt = Reson8TurnsSTTService(url=url)
+    shown += [stt.url, repr(stt)]
+    assert all("token=***" in text for text in shown), shown
+    assert not any(TOKEN in text for text in shown)
+    with pytest.raises(InvalidRequest) as info:
+        Reson8TurnsSTTService(url=f"ws://reson8.example.com/?token={TOKEN}")
+    assert info.value.parameter == "url" and TOKEN not in str(info.value)
+    with pytest.raises(InvalidRequest):
+        await connect_turns(f"ws://reson8.example.com/?token={TOKEN}")
+
+    async def echo(ws: ServerConnection) -> None:
+        assert ws.request is not None
+        await ws.send(json.dumps({"type": "error", "code": "X", "message": ws.request.path}))
+
+    async with serve(echo, "127.0.0.1", 0) as server:
+        conn = await connect_turns(f"ws://127.0.0.1:{_port(server)}/?token={TOKEN}")
+        async with conn:
+            event = await asyncio.wait_for(conn.recv(), 10)
+    assert "token=***" in str(event) and TOKEN not in str(event)

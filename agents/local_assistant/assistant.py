@@ -30,7 +30,7 @@ from pipecat.processors.frame_processor import FrameProcessor
 from pipecat.transports.base_transport import BaseTransport, TransportParams
 from pipecat.workers.runner import WorkerRunner
 
-from reson8_voice import CompletedTurn
+from reson8_voice import CompletedTurn, redacted_repr
 from reson8_voice.pipecat import Reson8TurnsSTTService
 
 from .file_transport import FileAudioTransport
@@ -46,6 +46,8 @@ SYSTEM_PROMPT = ("You are a helpful voice assistant. Your answers are spoken alo
 @dataclass
 class AssistantConfig:
     """Service choices; ``None`` keys mean the offline defaults."""
+
+    __repr__ = redacted_repr  # a ?token= in a URL field is a credential
 
     reson8_url: str | None = None
     reson8_api_key: str | None = field(default=None, repr=False)

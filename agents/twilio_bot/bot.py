@@ -38,7 +38,7 @@ from pipecat.transports.websocket.fastapi import (
 from pipecat.workers.runner import WorkerRunner
 from starlette.websockets import WebSocket
 
-from reson8_voice import CompletedTurn, redact_url
+from reson8_voice import CompletedTurn, redact_url, redacted_repr
 from reson8_voice.pipecat import Reson8TurnsSTTService
 
 from .dtmf import DTMFTurns
@@ -69,6 +69,8 @@ class BotConfig:
 
     Secrets are never logged or shown in :meth:`describe`.
     """
+
+    __repr__ = redacted_repr  # a ?token= in a URL field is a credential
 
     reson8_url: str | None = None
     reson8_api_key: str | None = field(default=None, repr=False)

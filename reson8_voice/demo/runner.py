@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..auth import redact_url
+from ..auth import redact_url, redacted_repr
 from .caller import CallerOptions, SimulatedTwilioCaller
 from .report import write_report
 from .script import CallScript
@@ -34,6 +34,8 @@ __all__ = ["BotServer", "DemoOptions", "DemoResult", "find_repo_root", "load_bot
 @dataclass
 class DemoOptions:
     """What to run. Defaults: the demo call, real time, the embedded server."""
+
+    __repr__ = redacted_repr  # a ?token= in a URL field is a credential
 
     url: str | None = None
     api_key: str | None = field(default=None, repr=False)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal, TextIO
 
 from .. import g711
-from ..auth import ApiKey, Credentials
+from ..auth import ApiKey, Credentials, redacted_repr
 from ..client import connect_realtime, connect_turns
 from ..errors import ConnectionClosed, RemoteProtocolError, ServiceError
 from ..events import (
@@ -121,6 +121,8 @@ def _read_wav(path: Path, blob: bytes) -> AudioFile:
 @dataclass
 class TranscribeOptions:
     """How to stream the file and what to print."""
+
+    __repr__ = redacted_repr  # a ?token= in a URL field is a credential
 
     url: str
     endpoint: Literal["turns", "realtime"] = "turns"

@@ -114,8 +114,8 @@ class Reson8GatewaySTTService(VADTurnSTTService):
 
     @property
     def url(self) -> str:
-        """The gateway URL in use (never contains credentials)."""
-        return self._url
+        """The gateway URL in use (credentials in its query masked)."""
+        return redact_url(self._url)
 
     def config(self) -> GatewayConfig:
         """The ``init`` config of the next connection."""

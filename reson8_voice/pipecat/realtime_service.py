@@ -129,8 +129,8 @@ class Reson8RealtimeSTTService(VADTurnSTTService):
 
     @property
     def url(self) -> str:
-        """The server URL in use (never contains credentials)."""
-        return self._url
+        """The server URL in use (credentials in its query masked)."""
+        return redact_url(self._url)
 
     def params(self) -> RealtimeParams:
         """The query parameters of the next connection (timestamps are always asked for:

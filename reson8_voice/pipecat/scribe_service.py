@@ -165,8 +165,8 @@ class ScribeRealtimeSTTService(VADTurnSTTService):
 
     @property
     def url(self) -> str:
-        """The server URL in use (never contains credentials)."""
-        return self._url
+        """The server URL in use (credentials in its query masked)."""
+        return redact_url(self._url)
 
     def params(self) -> ScribeParams:
         """The handshake parameters of the next connection."""

@@ -281,8 +281,8 @@ class Reson8TurnsSTTService(EagerEndOfTurnSTTServiceMixin,
 
     @property
     def url(self) -> str:
-        """The server URL in use (never contains credentials)."""
-        return self._url
+        """The server URL in use (credentials in its query masked)."""
+        return redact_url(self._url)
 
     @property
     def in_fallback(self) -> bool:
