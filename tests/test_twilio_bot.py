@@ -9,6 +9,7 @@ calls are placed once for the module and the tests read what happened.
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -241,3 +242,59 @@ async def test_twiml_checks_twilio_signature_when_a_token_is_set() -> None:
     assert 'url="wss://bot.example.com/ws"' in good.text
     assert '<Parameter name="token"' in good.text  # the stream carries a per-call token
     assert "secret" not in good.text and "secret" not in repr(config)
+
+
+def _start_message(call_sid: str, token: str) -> str:
+    """Twilio's ``start`` (its media-streams docs), with the TwiML's custom parameters."""
+    return json.dumps({
+        "event": "start", "sequenceNumber": "1", "streamSid": "MZ1",
+        "start": {"accountSid": "AC1", "streamSid": "MZ1", "callSid": call_sid,
+                  "tracks": ["inbound"], "customParameters": {"token": token},
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000,
+                                  "channels": 1}}})
+
+
+def test_the_stream_token_is_checked_and_never_logged() -> None:
+    """pipecat's parse_telephony_websocket logged the start message (TRACE) and the parsed
+    call data (DEBUG), the per-call token in them; the bot reads Twilio's start itself, checks
+    the token and drops it. A wrong token closes the stream (1008) before any call runs."""
+    import logging
+
+    from fastapi.testclient import TestClient
+    from loguru import logger
+    from starlette.websockets import WebSocketDisconnect
+
+    from agents.twilio_bot.app import _stream_token
+
+    auth = "twilio_AUTHTOKEN_abcdef123456"
+    good = _stream_token(auth, "CA123")
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(str(m)), level="TRACE")
+    handler = logging.Handler(logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    connected = json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"})
+    stop = json.dumps({"event": "stop", "sequenceNumber": "2", "streamSid": "MZ1",
+                       "stop": {"accountSid": "AC1", "callSid": "CA123"}})
+    try:
+        app = create_app(BotConfig(greeting=None, reson8_url="ws://127.0.0.1:9",
+                                   twilio_account_sid="AC1", twilio_auth_token=auth))
+        with TestClient(app) as client:
+            with client.websocket_connect("/ws") as ws:
+                ws.send_text(connected)
+                ws.send_text(_start_message("CA123", "f" * 32))
+                with pytest.raises(WebSocketDisconnect) as info:
+                    ws.receive_text()
+                assert info.value.code == 1008
+            assert app.state.finished_calls == 0
+            with client.websocket_connect("/ws") as ws:
+                ws.send_text(connected)
+                ws.send_text(_start_message("CA123", good))
+                ws.send_text(stop)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logger.remove(sink)
+    assert app.state.finished_calls == 1  # the good stream was a call (ended by its stop)
+    blob = "\n".join(lines)
+    assert "media stream without a valid token" in blob
+    assert good not in blob and auth not in blob

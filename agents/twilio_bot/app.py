@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,9 +29,9 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 from xml.sax.saxutils import quoteattr
 
-from fastapi import FastAPI, Request, Response, WebSocket
+from fastapi import FastAPI, Request, Response, WebSocket, WebSocketDisconnect
 from loguru import logger
-from pipecat.runner.utils import parse_telephony_websocket
+from pipecat.runner.types import CallData
 
 from reson8_voice.eventloop import freeze_startup_objects
 
@@ -49,6 +50,30 @@ def twilio_signature(auth_token: str, url: str, params: dict[str, str]) -> str:
 def _stream_token(auth_token: str, call_sid: str) -> str:
     return hmac.new(auth_token.encode(), f"stream:{call_sid}".encode(),
                     hashlib.sha256).hexdigest()[:32]
+
+
+async def read_twilio_start(websocket: WebSocket, max_messages: int = 3) -> CallData | None:
+    """Twilio's ``start`` message (after its ``connected``), as pipecat's call data.
+
+    Read here rather than by pipecat's ``parse_telephony_websocket``, which logs both
+    messages whole (TRACE) and the parsed data (DEBUG): ``start`` carries the stream's
+    token in its ``customParameters``. None if no ``start`` comes within ``max_messages``.
+    """
+    for _ in range(max_messages):
+        try:
+            message = json.loads(await websocket.receive_text())
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(message, dict) and message.get("event") == "start":
+            start = message.get("start")
+            start = start if isinstance(start, dict) else {}
+            body = start.get("customParameters")
+            body = dict(body) if isinstance(body, dict) else {}
+            return CallData.model_validate({
+                "stream_id": start.get("streamSid") or message.get("streamSid"),
+                "call_id": start.get("callSid"), "body": body,
+                "from": body.get("from_number"), "to": body.get("to_number")})
+    return None
 
 
 def _ws_url(config: BotConfig, request: Request) -> str:
@@ -126,17 +151,16 @@ def create_app(config: BotConfig | None = None, *, observer: Observer | None = N
     async def media_stream(websocket: WebSocket) -> None:
         await websocket.accept()
         try:
-            transport_type, call_data = await parse_telephony_websocket(websocket)
-        except ValueError as exc:
-            logger.warning(f"media stream closed before Twilio's start message: {exc}")
+            call_data = await read_twilio_start(websocket)
+        except WebSocketDisconnect:
+            logger.warning("media stream closed before Twilio's start message")
             return
-        if transport_type != "twilio" or not call_data.get("stream_id"):
-            logger.warning(f"not a Twilio media stream ({transport_type}); closing")
+        if call_data is None or not call_data.get("stream_id"):
+            logger.warning("not a Twilio media stream (no start message); closing")
             await websocket.close(code=1008)
             return
+        token = call_data.body.pop("token", "")  # checked here, then forgotten
         if cfg.twilio_auth_token:
-            body = call_data.get("body") or {}
-            token = body.get("token", "") if isinstance(body, dict) else ""
             expected = _stream_token(cfg.twilio_auth_token, str(call_data.get("call_id")))
             if not hmac.compare_digest(str(token), expected):
                 logger.warning("media stream without a valid token; closing")
