@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
@@ -32,6 +33,7 @@ __all__ = [
     "Credentials",
     "Secret",
     "auth_headers",
+    "is_http_token",
     "parse_auth",
     "redact",
     "redact_request",
@@ -95,12 +97,28 @@ class ApiKey:
         return cls(Secret(value))
 
 
+_HTTP_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def is_http_token(value: str) -> bool:
+    """Whether ``value`` is an RFC 7230 token (what a ``Sec-WebSocket-Protocol`` may list)."""
+    return _HTTP_TOKEN.fullmatch(value) is not None
+
+
 @dataclass(frozen=True, slots=True)
 class BearerToken:
     """An access token, sent as ``Authorization: Bearer <token>`` or as a subprotocol."""
 
     secret: Secret
     via: Literal["header", "subprotocol"] = "header"
+
+    def __post_init__(self) -> None:
+        """A subprotocol is an RFC 7230 token: a token with ``/`` or ``=`` (base64) can only
+        go in the header; the error does not quote it."""
+        if self.via == "subprotocol" and not is_http_token(self.secret.reveal()):
+            raise InvalidRequest("credentials", "a bearer token sent as a subprotocol may "
+                                 "hold only letters, digits and !#$%&'*+-.^_`|~; send this "
+                                 "one in the Authorization header (via='header')")
 
     @classmethod
     def of(cls, value: str, via: Literal["header", "subprotocol"] = "header") -> BearerToken:

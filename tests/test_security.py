@@ -52,6 +52,8 @@ class _Capture(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(f"{record.name}: {record.getMessage()}")
+        if record.exc_info:  # a traceback quotes its exception's text
+            self.lines.append(logging.Formatter().formatException(record.exc_info))
 
 
 @pytest.fixture
@@ -528,3 +530,62 @@ async def test_a_token_in_the_url_is_a_credential() -> None:
         async with conn:
             event = await asyncio.wait_for(conn.recv(), 10)
     assert "token=***" in str(event) and TOKEN not in str(event)
+
+
+async def test_the_server_compares_keys_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every key check of a real handshake goes through ``hmac.compare_digest`` (a plain
+    ``==`` gives the same answers, so only the call itself tells them apart): a wrong key
+    of another length, the right key, over the header and the bearer subprotocol."""
+    import hmac
+
+    from reson8_voice import auth
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((bytes(a), bytes(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)), scripted_runner()) as srv:
+        with pytest.raises(Unauthorized):
+            await connect_turns(srv.url, credentials=ApiKey.of(KEY[:-3]))
+        assert compared == [(KEY.encode(), KEY[:-3].encode())]
+        async with await connect_turns(srv.url, credentials=ApiKey.of(KEY)):
+            pass
+        async with await connect_turns(srv.url, credentials=BearerToken.of(KEY, via="subprotocol")):
+            pass
+    assert compared[1:] == [(KEY.encode(), KEY.encode())] * 2
+
+
+async def test_a_base64_token_in_the_subprotocol_is_refused_without_being_quoted(
+    log_lines: list[str],
+) -> None:
+    """``openssl rand -base64`` keys hold ``/``, ``+`` and ``=``; a subprotocol may not
+    (RFC 7230 token). websockets refused such an offer with a 400 quoting the header and
+    logged it in a DEBUG traceback. The server now refuses it itself, quoting nothing; the
+    client will not offer it (the header works); the key in the header is accepted."""
+    secret = "tok/SECRET+abc=="
+    with pytest.raises(InvalidRequest) as info:
+        BearerToken.of(secret, via="subprotocol")
+    assert info.value.parameter == "credentials" and secret not in str(info.value)
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(secret)),
+                            scripted_runner()) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        writer.write((
+            "GET /v1/speech-to-text/turns?encoding=mulaw&sample_rate=8000 HTTP/1.1\r\n"
+            "Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Sec-WebSocket-Protocol: bearer, {secret}\r\n\r\n").encode())
+        reply = await asyncio.wait_for(reader.read(4096), 10)
+        writer.close()
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400")
+        error = json.loads(body)
+        assert (error["code"], error["parameter"]) == ("INVALID_REQUEST",
+                                                        "Sec-WebSocket-Protocol")
+        async with await connect_turns(srv.url, credentials=BearerToken.of(secret)):
+            pass
+    assert "SECRET" not in reply.decode("latin-1")
+    assert not any("SECRET" in line for line in log_lines)

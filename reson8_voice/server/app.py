@@ -44,7 +44,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.typing import Subprotocol
 
-from ..auth import Secret, parse_auth, redact, redact_request, websocket_logger
+from ..auth import Secret, is_http_token, parse_auth, redact, redact_request, websocket_logger
 from ..client import is_loopback
 from ..engine.asr import check_language
 from ..engine.turn_engine import (
@@ -284,6 +284,16 @@ class Reson8Server:
             parts = urlsplit(request.path)
             params_cls: type[TurnsParams] | type[RealtimeParams]
             path = parts.path.rstrip("/")
+            offered = [p.strip() for p in
+                       ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")
+                       if p.strip()]
+            if not all(map(is_http_token, offered)):
+                # websockets would refuse it too, quoting the header (a bearer token) in its
+                # reply and its debug log: refuse it here, without quoting it
+                return _json_response(HTTPStatus.BAD_REQUEST, "INVALID_REQUEST",
+                                      "Sec-WebSocket-Protocol: each subprotocol must be an "
+                                      "RFC 7230 token (send a token with '/' or '=' in the "
+                                      "Authorization header)", parameter="Sec-WebSocket-Protocol")
             if path in (self.gateway.path, self.scribe.path):
                 # these dialects report auth and parameter errors inside the session
                 endpoint = self.gateway if path == self.gateway.path else self.scribe
@@ -298,9 +308,6 @@ class Reson8Server:
             else:
                 return _json_response(HTTPStatus.NOT_FOUND, "NOT_FOUND", "unknown endpoint")
             if self.config.api_key is not None:
-                offered = [p.strip() for p in
-                           ",".join(request.headers.get_all("Sec-WebSocket-Protocol")).split(",")
-                           if p.strip()]
                 credentials = parse_auth(request.headers, offered)
                 if credentials is None or not self.config.api_key.matches(credentials.secret):
                     return _json_response(HTTPStatus.UNAUTHORIZED, "UNAUTHORIZED",
