@@ -387,13 +387,20 @@ def _check_turns(c: Call, want: list[str] | tuple[str, ...], n_turns: int) -> No
     assert texts == list(want), "each spoken turn's transcript, exactly once, in order"
 
 
+#: threads that may outlive a call: the server fixture's inference pool, and the event
+#: loop's default executor (getaddrinfo for each connect), shut down with the loop
+_OWNED_ELSEWHERE = ("reson8-infer_", "asyncio_")
+
+
 @pytest.fixture
 async def leak_check() -> Any:
-    threads = threading.active_count()
+    before = set(threading.enumerate())
     yield
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert [t for t in others if "reson8" in repr(t).lower()] == []
-    assert threading.active_count() <= threads + 2  # the server's pool is the fixture's
+    left = [t.name for t in threading.enumerate()
+            if t not in before and not t.name.startswith(_OWNED_ELSEWHERE)]
+    assert left == [], f"threads left behind: {left}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
