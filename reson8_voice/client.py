@@ -48,7 +48,7 @@ from .errors import (
     handshake_error,
 )
 from .events import Event, FlushRequest
-from .params import RealtimeParams, TurnsParams, endpoint_url
+from .params import RealtimeParams, TurnsParams, endpoint_url, split_ws_url
 from .wire import parse_event, serialize_event
 
 __all__ = ["MessageStream", "Reson8Connection", "check_transport", "connect",
@@ -241,7 +241,7 @@ def check_transport(url: str, *, carries_secret: bool, allow_insecure: bool = Fa
     Raises:
         InvalidRequest: naming ``url``.
     """
-    parts = urlsplit(url)
+    parts = split_ws_url(url)
     carries_secret = carries_secret or bool(url_credentials(url))
     if (carries_secret and parts.scheme == "ws" and not is_loopback(parts.hostname)
             and not allow_insecure):

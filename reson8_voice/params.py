@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any, ClassVar, Literal, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import SplitResult, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidRequest
 
@@ -24,6 +24,7 @@ __all__ = [
     "RealtimeParams",
     "TurnsParams",
     "endpoint_url",
+    "split_ws_url",
 ]
 
 #: The hosted Reson8 API (specs 000 and 001).
@@ -230,17 +231,32 @@ class RealtimeParams(_Params):
     include_interim: bool = False
 
 
+def split_ws_url(url: str) -> SplitResult:
+    """``url`` split, once it is known to be a ``ws``/``wss`` URL with a host and a valid
+    port (urlsplit's ValueError for ``ws://[::1`` becomes the typed error too).
+
+    Raises:
+        InvalidRequest: naming ``url``.
+    """
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError for a port out of range)
+    except ValueError as exc:
+        raise InvalidRequest("url", f"is not a valid URL: {exc}") from None
+    if parts.scheme not in ("ws", "wss"):
+        raise InvalidRequest("url", f"scheme must be ws or wss, got {parts.scheme[:20]!r}")
+    if not parts.hostname:
+        raise InvalidRequest("url", "has no host")
+    return parts
+
+
 def endpoint_url(base_url: str, params: TurnsParams | RealtimeParams) -> str:
     """Join a server URL (``ws``/``wss``, with or without the endpoint path) and params.
 
     ``base_url`` may be a bare origin (``ws://127.0.0.1:8765``) or a full endpoint URL;
     query parameters already in it are kept unless ``params`` sets them.
     """
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("ws", "wss"):
-        raise InvalidRequest("url", f"scheme must be ws or wss, got {parts.scheme!r}")
-    if not parts.hostname:
-        raise InvalidRequest("url", "has no host")
+    parts = split_ws_url(base_url)
     path = parts.path.rstrip("/")
     if not path.endswith(params.PATH):
         path = path + params.PATH

@@ -108,10 +108,23 @@ def test_endpoint_url(base: str, path: str) -> None:
     assert parse_qs(parts.query)["encoding"] == ["mulaw"]
 
 
-def test_endpoint_url_rejects_http() -> None:
-    with pytest.raises(InvalidRequest) as info:
-        endpoint_url("https://api.reson8.dev", TurnsParams())
-    assert info.value.parameter == "url"
+@pytest.mark.parametrize("url", ["https://api.reson8.dev", "ws://[::1:8765", "ws://host:99999",
+                                 "ws:///path", "127.0.0.1:8765"])
+def test_a_bad_url_is_refused_by_every_client_and_service(url: str) -> None:
+    """The typed error, naming ``url``, wherever a URL is taken (urlsplit's bare ValueError
+    for a broken IPv6 host or a port out of range escaped before)."""
+    from reson8_voice.dialects.gateway_client import gateway_url
+    from reson8_voice.dialects.scribe import ScribeParams
+    from reson8_voice.dialects.scribe_client import scribe_url
+    from reson8_voice.pipecat import Reson8RealtimeSTTService, Reson8TurnsSTTService
+
+    for build in (lambda: endpoint_url(url, TurnsParams()), lambda: gateway_url(url),
+                  lambda: scribe_url(url, ScribeParams()),
+                  lambda: Reson8TurnsSTTService(url=url),
+                  lambda: Reson8RealtimeSTTService(url=url)):
+        with pytest.raises(InvalidRequest) as info:
+            build()
+        assert info.value.parameter == "url"
 
 
 KEY = "r8_live_SECRETKEY_0123456789"

@@ -17,13 +17,14 @@ import asyncio
 import ssl
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 
 from ..auth import Secret
 from ..client import MessageStream, open_websocket
 from ..errors import ConnectionClosed, InvalidRequest
+from ..params import split_ws_url
 from .gateway import (
     GATEWAY_PATH,
     WORLD_PART_HEADER,
@@ -47,11 +48,7 @@ __all__ = ["GatewayConnection", "connect_gateway", "gateway_url"]
 
 def gateway_url(base_url: str) -> str:
     """``base_url`` (an origin, or the full endpoint URL) joined with :data:`GATEWAY_PATH`."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("ws", "wss"):
-        raise InvalidRequest("url", f"scheme must be ws or wss, got {parts.scheme!r}")
-    if not parts.hostname:
-        raise InvalidRequest("url", "has no host")
+    parts = split_ws_url(base_url)
     path = parts.path.rstrip("/")
     if not path.endswith(GATEWAY_PATH):
         path += GATEWAY_PATH

@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode, urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
@@ -26,7 +26,8 @@ from websockets.exceptions import InvalidStatus
 
 from ..auth import Secret, redact
 from ..client import MessageStream, _closed, _rejection, open_websocket
-from ..errors import ConnectionClosed, InvalidRequest, Reson8Error
+from ..errors import ConnectionClosed, Reson8Error
+from ..params import split_ws_url
 from .scribe import (
     SCRIBE_PATH,
     ScribeAudioChunk,
@@ -45,11 +46,7 @@ __all__ = ["ScribeConnection", "connect_scribe", "scribe_url"]
 
 def scribe_url(base_url: str, params: ScribeParams, token: Secret | None = None) -> str:
     """The handshake URL: ``base_url`` (origin or full URL) + :data:`SCRIBE_PATH` + query."""
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("ws", "wss"):
-        raise InvalidRequest("url", f"scheme must be ws or wss, got {parts.scheme!r}")
-    if not parts.hostname:
-        raise InvalidRequest("url", "has no host")
+    parts = split_ws_url(base_url)
     path = parts.path.rstrip("/")
     if not path.endswith(SCRIBE_PATH):
         path += SCRIBE_PATH
