@@ -506,6 +506,32 @@ async def test_json_nested_too_deep_is_a_bad_message_not_a_failed_session(
     assert errors == []
 
 
+async def test_a_flood_of_bad_messages_is_logged_in_a_few_lines_with_its_count(
+    server: Reson8Server,
+) -> None:
+    """One warning per bad message let one client write 5,000 lines in half a second.
+    The first 3 are logged, then the 10th, 100th and 1000th with the count so far, and
+    the total when the session ends; the session itself goes on."""
+    warnings: list[str] = []
+    sink = logger.add(lambda m: warnings.append(m.record["message"]), level="WARNING")
+    try:
+        async with raw_connect(f"{server.url}{REALTIME}?encoding=pcm_s16le") as ws:
+            for _ in range(1000):
+                await ws.send("not json")
+            await ws.send(json.dumps({"type": "flush_request", "id": "sync"}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), 10))["id"] == "sync"
+        await asyncio.wait_for(server.wait_idle(), 10)
+    finally:
+        logger.remove(sink)
+    bad = [w for w in warnings if "bad client message" in w]
+    assert len(bad) == 6, bad
+    assert all(w.endswith(f"({n} bad messages from this client so far; the others since the "
+                       "first 3 were not logged)") for w, n in zip(bad[3:], (10, 100, 1000),
+                                                                 strict=True))
+    assert [w for w in warnings if "in all" in w] == [
+        "reson8 server: the client sent 1000 bad messages in all"]
+
+
 async def test_a_flush_before_the_header_does_not_fix_the_rate(server: Reson8Server) -> None:
     """encoding=auto: a flush_request before any audio used to build the engine at
     16 kHz, so the 8 kHz WAV that followed ran at double speed (times halved). It is

@@ -60,7 +60,7 @@ from ..events import ErrorEvent, Event, FlushConfirmation, FlushRequest
 from ..params import REALTIME_PATH, TURNS_PATH, RealtimeParams, TurnsParams
 from ..wire import parse_event, serialize_event
 from .audio_input import AudioInput, UnsupportedAudio
-from .connection import SessionConnection
+from .connection import SessionConnection, complain, complaints_summary
 from .gateway_endpoint import GatewayEndpoint, GatewaySession
 from .scribe_endpoint import SCRIBE_PREFIX, ScribeEndpoint, ScribeSession
 
@@ -374,6 +374,7 @@ class Reson8Server:
             self.sessions_active -= 1
             if not self.sessions_active:
                 self._idle.set()
+            complaints_summary(ws, "reson8 server")
             logger.debug(f"reson8 session ended after {time.monotonic() - started:.1f} s")
 
     async def _handle_dialect(self, ws: ServerConnection,
@@ -398,6 +399,7 @@ class Reson8Server:
             self.sessions_active -= 1
             if not self.sessions_active:
                 self._idle.set()
+            complaints_summary(ws, "dialect session")
 
     async def _infer(self, job: Job) -> Any:
         """Run one engine job in the shared inference pool (progress for the keep-alive)."""
@@ -486,7 +488,7 @@ class Reson8Server:
                                          f"flush_request: {str(exc).split(': ', 1)[-1]}",
                                          1008)
                         return
-                    logger.warning(f"reson8 server: bad client message: {exc}")
+                    complain(ws, f"reson8 server: bad client message: {exc}")
                     continue
                 if isinstance(event, FlushRequest) and isinstance(params, RealtimeParams):
                     if ended or (engine is None and not audio.format_known):
@@ -500,7 +502,7 @@ class Reson8Server:
                     assert isinstance(engine, TranscriptEngine)
                     engine.flush(event.id)
                 else:
-                    logger.warning(f"reson8 server: ignored client message {event.type!r}")
+                    complain(ws, f"reson8 server: ignored client message {event.type!r}")
                     continue
             if engine is not None:
                 await self._drive(ws, engine)

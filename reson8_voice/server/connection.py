@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import CloseCode
 from websockets.protocol import State
@@ -25,7 +26,10 @@ from websockets.server import ServerProtocol
 
 from .._keepalive import ProgressKeepalive
 
-__all__ = ["SessionConnection"]
+__all__ = ["SessionConnection", "complain", "complaints_summary"]
+
+#: a client's bad messages logged one by one; after these, only the 10th, 100th, ...
+_COMPLAINTS_IN_FULL = 3
 
 
 class SessionConnection(ProgressKeepalive, ServerConnection):
@@ -37,6 +41,8 @@ class SessionConnection(ProgressKeepalive, ServerConnection):
         #: the JSON text sent before websockets closes with 1009 for an oversized message
         #: (the endpoint's own error message; set when the upgrade picks the endpoint)
         self.too_large: str | None = None
+        #: bad messages from this client (see :func:`complain`)
+        self.complaints = 0
         self._protocol_fail = protocol.fail
         protocol.fail = self._fail  # type: ignore[method-assign]
 
@@ -48,3 +54,24 @@ class SessionConnection(ProgressKeepalive, ServerConnection):
             self.protocol.send_text(self.too_large.encode())
         self._protocol_fail(code, reason)
 
+
+def complain(ws: ServerConnection, text: str) -> None:
+    """Log a warning about a bad client message, throttled per session: the first few
+    in full, then only the 10th, 100th, 1000th, ... with the count (one client sent 5,000
+    in half a second, a warning each); :func:`complaints_summary` gives the total."""
+    if not isinstance(ws, SessionConnection):
+        logger.warning(text)
+        return
+    ws.complaints += 1
+    n = ws.complaints
+    if n <= _COMPLAINTS_IN_FULL:
+        logger.warning(text)
+    elif str(n).rstrip("0") == "1":  # 10, 100, 1000, ...
+        logger.warning(f"{text} ({n} bad messages from this client so far; the others since "
+                       f"the first {_COMPLAINTS_IN_FULL} were not logged)")
+
+
+def complaints_summary(ws: ServerConnection, label: str) -> None:
+    """At the session's end: how many bad messages it had, if some were not logged."""
+    if isinstance(ws, SessionConnection) and ws.complaints > _COMPLAINTS_IN_FULL:
+        logger.warning(f"{label}: the client sent {ws.complaints} bad messages in all")

@@ -28,7 +28,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Literal
 
-from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.http11 import Request
@@ -57,6 +56,7 @@ from ..errors import InvalidRequest, RemoteProtocolError
 from ..events import Event, FlushConfirmation, Transcript
 from ..params import RealtimeParams
 from .audio_input import AudioInput, UnsupportedAudio
+from .connection import complain
 
 if TYPE_CHECKING:
     from .app import ServerConfig
@@ -234,7 +234,7 @@ class GatewaySession:
             try:
                 message = parse_gateway(raw)
             except RemoteProtocolError as exc:
-                logger.warning(f"gateway session: bad client message: {exc}")
+                complain(ws, f"gateway session: bad client message: {exc}")
                 await self._send(ws, GatewayErrorEvent("invalid_message", str(exc)[:200]))
                 continue
             if isinstance(message, GatewayAudio):
@@ -273,7 +273,7 @@ class GatewaySession:
                 await ws.close(1000, "closed by client")
                 return
             else:
-                logger.warning(f"gateway session: ignored client message {message.type!r}")
+                complain(ws, f"gateway session: ignored client message {message.type!r}")
                 continue
             if driver is not None:
                 await driver.drain(emit)

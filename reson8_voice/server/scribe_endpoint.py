@@ -42,7 +42,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlsplit
 
-from loguru import logger
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.http11 import Request
@@ -66,6 +65,7 @@ from ..engine.turn_engine import EngineConfig, TranscriptEngine
 from ..errors import InvalidRequest, RemoteProtocolError
 from ..events import Event, FlushConfirmation, Transcript, Word
 from .audio_input import AudioInput, UnsupportedAudio
+from .connection import complain
 from .gateway_endpoint import EngineDriver, FailReason, Infer, engine_config_for
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ class ScribeSession:
                 message = parsed
                 data = message.decode()
             except RemoteProtocolError as exc:
-                logger.warning(f"scribe session: bad client message: {exc}")
+                complain(ws, f"scribe session: bad client message: {exc}")
                 await self._send(ws, ScribeErrorEvent("input_error", str(exc)[:200]))
                 continue
             if message.sample_rate is not None and message.sample_rate != params.sample_rate:
