@@ -119,7 +119,7 @@ __all__ = [
     "parse_event",
     "redact_url",
     "redacted_repr",
-    "url_credentials",
     "serialize_event",
+    "url_credentials",
     "websocket_logger",
 ]
