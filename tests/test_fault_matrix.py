@@ -387,19 +387,28 @@ def _check_turns(c: Call, want: list[str] | tuple[str, ...], n_turns: int) -> No
     assert texts == list(want), "each spoken turn's transcript, exactly once, in order"
 
 
-#: threads that may outlive a call: the server fixture's inference pool, and the event
-#: loop's default executor (getaddrinfo for each connect), shut down with the loop
-_OWNED_ELSEWHERE = ("reson8-infer_", "asyncio_")
+def _owned_elsewhere(server: Reson8Server) -> set[threading.Thread]:
+    """Threads that may outlive a call: the server fixture's inference pool, and the event
+    loop's default executor (getaddrinfo for each connect), both shut down by their owners.
+    By object, not by name: a leaked thread named like them must still fail the check."""
+    owned: set[threading.Thread] = set()
+    pool = server._pool
+    if pool is not None:
+        owned |= set(pool._threads)
+    default = getattr(asyncio.get_running_loop(), "_default_executor", None)
+    if default is not None:
+        owned |= set(default._threads)
+    return owned
 
 
 @pytest.fixture
-async def leak_check() -> Any:
+async def leak_check(scripted_server: Reson8Server) -> Any:
     before = set(threading.enumerate())
     yield
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert [t for t in others if "reson8" in repr(t).lower()] == []
-    left = [t.name for t in threading.enumerate()
-            if t not in before and not t.name.startswith(_OWNED_ELSEWHERE)]
+    owned = _owned_elsewhere(scripted_server)
+    left = [t.name for t in threading.enumerate() if t not in before and t not in owned]
     assert left == [], f"threads left behind: {left}"
 
 
