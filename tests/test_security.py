@@ -559,6 +559,50 @@ async def test_the_server_compares_keys_in_constant_time(monkeypatch: pytest.Mon
     assert compared[1:] == [(KEY.encode(), KEY.encode())] * 2
 
 
+async def test_the_other_dialects_compare_keys_in_constant_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The gateway and Scribe endpoints check their keys through ``hmac.compare_digest``
+    too: a wrong key, a wrong Scribe ``token``, then the right key, each compared once."""
+    import hmac
+
+    from reson8_voice import auth
+    from reson8_voice.dialects import (
+        GatewayAuthError,
+        GatewayConfig,
+        ScribeAuthError,
+        ScribeParams,
+    )
+    from reson8_voice.dialects.gateway_client import connect_gateway
+    from reson8_voice.dialects.scribe_client import connect_scribe
+
+    compared: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        compared.append((bytes(a), bytes(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    key, wrong = KEY.encode(), b"wrong-" + KEY.encode()
+    gateway = GatewayConfig(encoding="pcm_s16le", sample_rate=8000, channels=1)
+    scribe = ScribeParams(audio_format="pcm_8000")
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)), scripted_runner()) as srv:
+        with pytest.raises(GatewayAuthError):
+            await connect_gateway(srv.url, gateway, wrong.decode())
+        async with await connect_gateway(srv.url, gateway, KEY):
+            pass
+        assert compared == [(key, wrong), (key, key)]
+        compared.clear()
+        with pytest.raises(ScribeAuthError):
+            await connect_scribe(srv.scribe_url, scribe, wrong.decode())
+        with pytest.raises(ScribeAuthError):
+            await connect_scribe(srv.scribe_url, scribe, token=wrong.decode())
+        async with await connect_scribe(srv.scribe_url, scribe, KEY):
+            pass
+        assert compared == [(key, wrong), (key, wrong), (key, key)]
+
+
 async def test_a_base64_token_in_the_subprotocol_is_refused_without_being_quoted(
     log_lines: list[str],
 ) -> None:
