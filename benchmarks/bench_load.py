@@ -24,7 +24,10 @@ candidate, and -> ``ProposedUserStoppedSpeakingFrame``, the end of turn; speech 
 ``ProposedUserStartedSpeakingFrame``); frames late (reaching the service's ``run_stt`` more
 than 20 ms after their audio was complete) or dropped (never reaching it, or dropped from
 its outage backlog); fallbacks and errors; CPU (% of one core) and RSS of this process (the
-calls) and of the server, sampled from /proc over time.
+calls) and of the server, sampled from /proc over time. A host probe (its own process,
+SCHED_FIFO when run as root) notes every moment the whole machine stalled (> 10 ms), and
+each late frame is set against them: late frames with no host stall in their transit are
+the load's own.
 """
 
 from __future__ import annotations
@@ -72,6 +75,10 @@ _THIS = str(Path(__file__).resolve())
 CALL_FIXTURES = ("call_restaurant", "call_support", "call_delivery", "demo_call")
 LATE_S = 0.020
 HIST_BINS = 2000
+MAX_LATE_SPANS = 10_000
+#: the host probe: sleeps this long, and notes every wake-up later than STALL_S
+PROBE_PERIOD_S = 0.002
+STALL_S = 0.010
 TARGET_CALLS = 50
 TARGET_SOAK_S = 600
 TARGET_MEM_GROWTH = 0.10
@@ -122,6 +129,9 @@ class CallResult:
     lateness_max: float = 0.0  # s
     #: late frames per minute of the call, to tell a steady shortfall from pauses
     late_by_minute: list[int] = field(default_factory=list)
+    #: (due, reached) monotonic times of the first MAX_LATE_SPANS late frames, to set
+    #: against the host stalls the probe saw
+    late_spans: list[tuple[float, float]] = field(default_factory=list)
     errors: int = 0
     stats: dict[str, int] = field(default_factory=dict)
     fallbacks: list[tuple[float, str]] = field(default_factory=list)  # (stream s, reason)
@@ -131,7 +141,7 @@ class CallResult:
         return {
             "name": self.name, "queued": self.queued, "reached": self.reached,
             "late": self.late, "hist": self.lateness_hist, "max": self.lateness_max,
-            "by_minute": self.late_by_minute,
+            "by_minute": self.late_by_minute, "late_spans": self.late_spans,
             "errors": self.errors, "stats": self.stats, "fallbacks": self.fallbacks,
             "spurious": self.score.spurious_starts,
             "turns": [[t.turn.start_ms, t.turn.end_ms, t.turn.last_segment_start_ms,
@@ -146,7 +156,8 @@ class CallResult:
             turn = GtTurn(start, end, last, tuple((a, b) for a, b in pauses))
             score.turns.append(TurnScore(turn, onset, cand, end_lat, cuts))
         return cls(d["name"], score, d["queued"], d["reached"], d["late"], d["hist"],
-                   d["max"], d["by_minute"], d["errors"], d["stats"],
+                   d["max"], d["by_minute"], [(a, b) for a, b in d["late_spans"]],
+                   d["errors"], d["stats"],
                    [(a, b) for a, b in d["fallbacks"]])
 
 
@@ -189,7 +200,9 @@ class Call:
 
         async def run_stt(audio: bytes) -> Any:  # when each frame reaches the service
             # online statistics: a per-frame list would grow the heap all call long
-            late = time.monotonic() - (self.t0 + (res.reached + 1) * 0.02)
+            now = time.monotonic()
+            due = self.t0 + (res.reached + 1) * 0.02
+            late = now - due
             res.reached += 1
             if res.reached >= self.frames:
                 self.drained.set()
@@ -197,6 +210,8 @@ class Call:
             res.lateness_max = max(res.lateness_max, late)
             if late > LATE_S:
                 res.late += 1
+                if len(res.late_spans) < MAX_LATE_SPANS:
+                    res.late_spans.append((due, now))
                 minute = int(res.reached * 0.02 // 60)
                 by_minute.extend([0] * (minute + 1 - len(by_minute)))
                 by_minute[minute] += 1
@@ -320,6 +335,90 @@ class PauseWatch:
         return {"lag": [round(x, 1) for x in self.lag_ms_by_minute], "gc": self.gc_counts,
                 "gc_max": [round(x, 1) for x in self.gc_max_ms],
                 "gc_total": round(self.gc_total_ms, 1)}
+
+
+def host_probe_main() -> None:
+    """The host probe process: sleep PROBE_PERIOD_S in a loop, at real-time priority where
+    allowed (root: SCHED_FIFO, so no process of the load can delay its wake-up), and note
+    every wake-up more than STALL_S late as ``(start, seconds)`` in monotonic time (shared by
+    all processes). Prints its priority, then the stalls as JSON once stdin closes."""
+    import threading
+
+    done = threading.Event()
+
+    def wait_for_eof() -> None:
+        sys.stdin.read()
+        done.set()
+
+    threading.Thread(target=wait_for_eof, daemon=True).start()
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+        priority = "SCHED_FIFO"
+    except (AttributeError, OSError):
+        priority = "normal priority"
+    print(json.dumps({"priority": priority}), flush=True)
+    stalls: list[tuple[float, float]] = []
+    while not done.is_set():
+        before = time.monotonic()
+        time.sleep(PROBE_PERIOD_S)
+        over = time.monotonic() - before - PROBE_PERIOD_S
+        if over > STALL_S and len(stalls) < 100_000:
+            stalls.append((before + PROBE_PERIOD_S, over))
+    print(json.dumps({"stalls": stalls}), flush=True)
+
+
+class HostProbe:
+    """Runs :func:`host_probe_main` in its own process: whole-machine stalls (the VM not
+    running) that no process of the load causes, to tell them from the load's own lateness.
+    At idle on this 2-vCPU VM two 1 ms sleepers stalled 24 and 42 ms at the same instant."""
+
+    def __init__(self) -> None:
+        self.priority = ""
+        self.stalls: list[tuple[float, float]] = []
+        self._proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable, _THIS, "--host-probe", stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, limit=1 << 24)
+        assert self._proc.stdout is not None
+        line = await asyncio.wait_for(self._proc.stdout.readline(), 30)
+        self.priority = json.loads(line)["priority"]
+
+    async def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.close()
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), 10)
+            self.stalls = [(a, b) for a, b in json.loads(line)["stalls"]]
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+
+
+def stall_overlaps(spans: list[tuple[float, float]], stalls: list[tuple[float, float]]
+                   ) -> tuple[int, int]:
+    """Of the late frames ``spans`` (due, reached): how many were in transit while the host
+    stalled, and how many of those were late by the stall alone (lateness minus the stalled
+    time within LATE_S). ``stalls`` are (start, seconds), in time order."""
+    import bisect
+
+    ends = [a + d for a, d in stalls]
+    during = alone = 0
+    for due, reached in spans:
+        overlap = 0.0
+        i = bisect.bisect_right(ends, due)
+        while i < len(stalls) and stalls[i][0] < reached:
+            overlap += min(reached, ends[i]) - max(due, stalls[i][0])
+            i += 1
+        if overlap > 0:
+            during += 1
+            alone += (reached - due) - overlap <= LATE_S
+    return during, alone
 
 
 async def _calls_here(url: str, indices: Sequence[int], total: int, duration_s: float,
@@ -521,9 +620,15 @@ async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int
     async with ServerProcess(scripted=True) as server:
         print(f"scripted server (subprocess pid {server.pid}) at {server.url}; "
               f"{calls} calls x {duration_s:g} s in {procs} process(es)")
+        probe = HostProbe()
+        await probe.start()
         t0 = time.monotonic()
-        results, samples, failures = await run_calls(
-            server.url, calls, duration_s, server.pid, 5.0 if duration_s > 60 else 2.0, procs)
+        try:
+            results, samples, failures = await run_calls(
+                server.url, calls, duration_s, server.pid, 5.0 if duration_s > 60 else 2.0,
+                procs)
+        finally:
+            await probe.stop()
         wall = time.monotonic() - t0
     print_calls(results, per_call)
     warm_s = min(60.0, max(10.0, duration_s * 0.2))
@@ -532,6 +637,12 @@ async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int
     worst = max((r.lateness_max for r in results), default=0.0)
     by_minute = [sum(r.late_by_minute[m] for r in results if m < len(r.late_by_minute))
                  for m in range(max((len(r.late_by_minute) for r in results), default=0))]
+    spans = [x for r in results for x in r.late_spans]
+    during, alone = stall_overlaps(sorted(spans), probe.stalls)
+    classified = "" if len(spans) == late else f" (of the first {MAX_LATE_SPANS} per call)"
+    stalls_ms = [d * 1000 for _, d in probe.stalls]
+    stall_cell = (f"{len(stalls_ms)}, max {max(stalls_ms):.0f} ms, {sum(stalls_ms):.0f} ms in all"
+                  if stalls_ms else "0")
     busy = [x.cpu_pct for x in samples["calls"] if x.t <= duration_s]
     per_frame_us = (statistics.fmean(busy) * 1e4 / (len(results) * 50)) if busy and results \
         else float("nan")
@@ -556,6 +667,11 @@ async def scripted_mode(calls: int, duration_s: float, per_call: int, procs: int
         ["frame lateness p99 / max (ms)",
          f"{hist_quantile_ms(hist, 0.99)} / {worst * 1000:.1f}", "", ""],
         ["late frames per minute of the calls", " ".join(map(str, by_minute)) or "-", "", ""],
+        [f"host stalls > {STALL_S * 1000:.0f} ms ({probe.priority} probe)", stall_cell, "", ""],
+        [f"late frames in transit in a host stall{classified}",
+         f"{during} ({alone} late by the stall alone)", "", ""],
+        ["late frames with no host stall in transit", str(len(spans) - during), "0",
+         verdict(len(spans) - during, 0)],
         ["frames dropped", str(dropped), "0", verdict(dropped, 0)],
         ["client CPU per call-frame (pipeline + service)", f"{per_frame_us:.0f} us", "", ""],
         ["turns never ended", str(score.missing("end_ms")), "0",
@@ -649,10 +765,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="event loop of the calls and the server (default "
                         "$RESON8_BENCH_LOOP or auto: uvloop when installed)")
     parser.add_argument("--worker", metavar="URL", help=argparse.SUPPRESS)
+    parser.add_argument("--host-probe", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--indices", help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--sample", type=float, default=2.0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.host_probe:
+        host_probe_main()
+        return 0
     quiet_logs("ERROR")
     if args.no_passthrough:
         os.environ["RESON8_BENCH_PASSTHROUGH"] = "0"
