@@ -266,6 +266,18 @@ async def test_raw_audio_with_auto_encoding_is_refused_clearly(server: Reson8Ser
         assert "encoding" in event.message
 
 
+async def test_raw_audio_with_auto_encoding_on_realtime_names_only_its_encodings(
+        server: Reson8Server) -> None:
+    # spec 000: the realtime endpoint's encoding is "auto or pcm_s16le"; the advice for raw
+    # audio must not name mulaw/alaw, which the upgrade would refuse with a 400
+    async with raw_connect(server.url + REALTIME) as ws:
+        await ws.send(load_fixture("short_answers").data[:1600])
+        event = parse_event(await asyncio.wait_for(ws.recv(), 10))
+        assert isinstance(event, ErrorEvent) and event.code == "INVALID_AUDIO"
+        assert "pcm_s16le" in event.message
+        assert "mulaw" not in event.message and "alaw" not in event.message
+
+
 def _streaming_wav_header(rate: int, fmt: int = 7, bits: int = 8) -> bytes:
     block = bits // 8
     return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " +

@@ -429,7 +429,8 @@ class Reson8Server:
                                 include_confidence=params.include_confidence)
 
     async def _session(self, ws: ServerConnection, params: TurnsParams | RealtimeParams) -> None:
-        audio = AudioInput(params.encoding, params.sample_rate, params.channels)
+        audio = AudioInput(params.encoding, params.sample_rate, params.channels,
+                           tuple(e for e in params.ENCODINGS if e != "auto"))
         try:
             await self._session_audio(ws, params, audio)
         finally:

@@ -47,9 +47,15 @@ class UnsupportedAudio(AudioFormatError):
 class AudioInput:
     """Turns a session's binary frames into engine PCM."""
 
-    def __init__(self, encoding: str, sample_rate: int, channels: int) -> None:
-        """Start a decoder; with ``encoding='auto'`` the format comes from the header."""
+    def __init__(self, encoding: str, sample_rate: int, channels: int,
+                 raw_encodings: tuple[str, ...] = ("pcm_s16le", "mulaw", "alaw")) -> None:
+        """Start a decoder; with ``encoding='auto'`` the format comes from the header.
+
+        ``raw_encodings``: the explicit encodings the endpoint accepts, named in the error
+        for raw audio under ``encoding=auto`` (the realtime endpoint has only pcm_s16le).
+        """
         self.encoding = encoding
+        self._raw_encodings = raw_encodings
         self.sample_rate = sample_rate
         self.channels = channels
         self._pending = bytearray()
@@ -173,7 +179,7 @@ class AudioInput:
         buf = self._pending
         if len(buf) < 12:
             if len(buf) >= 4 and not _could_be_container(bytes(buf[:4])):
-                raise _raw_audio_error()
+                raise _raw_audio_error(self._raw_encodings)
             return False
         head = bytes(buf[:12])
         if head[:4] in (b"RIFF", b"RIFX") and head[8:12] == b"WAVE":
@@ -190,7 +196,7 @@ class AudioInput:
             self._configure("pcm_s16le", 16000, 1)
             self._header_done = True
             return True
-        raise _raw_audio_error()
+        raise _raw_audio_error(self._raw_encodings)
 
     def _parse_wav(self) -> bool:
         buf = bytes(self._pending[:_MAX_HEADER])
@@ -240,8 +246,10 @@ def _could_be_container(head: bytes) -> bool:
                for m in (b"RIFF", b"RIFX", b"OggS", b"fLaC", b"\x1a\x45\xdf\xa3"))
 
 
-def _raw_audio_error() -> UnsupportedAudio:
+def _raw_audio_error(encodings: tuple[str, ...]) -> UnsupportedAudio:
+    names = encodings[0] if len(encodings) == 1 else \
+        ", ".join(encodings[:-1]) + " or " + encodings[-1]
     return UnsupportedAudio(
         "encoding=auto needs a container header (WAV, OGG, FLAC or WebM) at the start of "
-        "the stream; for raw audio set encoding=pcm_s16le, mulaw or alaw with sample_rate "
-        "and channels", code="INVALID_AUDIO")
+        f"the stream; for raw audio set encoding={names} with sample_rate and channels",
+        code="INVALID_AUDIO")
