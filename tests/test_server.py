@@ -167,6 +167,14 @@ async def test_browser_style_subprotocol_auth_with_raw_client(keyed_server: Reso
         assert ws.subprotocol == "bearer"
 
 
+async def test_subprotocol_auth_echoes_the_offered_spelling(keyed_server: Reson8Server) -> None:
+    # the server accepts the scheme in any case; selecting "bearer" when the client offered
+    # "Bearer" broke the handshake (the client may only get back a subprotocol it offered)
+    async with raw_connect(keyed_server.url + TURNS + "?encoding=pcm_s16le",
+                           subprotocols=["Bearer", KEY]) as ws:  # type: ignore[list-item]
+        assert ws.subprotocol == "Bearer"
+
+
 async def test_client_maps_401_to_unauthorized_without_leaking_the_key(
     keyed_server: Reson8Server
 ) -> None:

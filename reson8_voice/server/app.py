@@ -277,7 +277,9 @@ class Reson8Server:
     def _select_subprotocol(
         self, connection: ServerConnection, offered: Sequence[Subprotocol]
     ) -> Subprotocol | None:
-        return Subprotocol("bearer") if offered and offered[0].lower() == "bearer" else None
+        # echo the client's own spelling: RFC 6455 (4.2.2) lets the server select only a
+        # subprotocol the client offered, and a browser fails the connection otherwise
+        return offered[0] if offered and offered[0].lower() == "bearer" else None
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         try:
