@@ -286,6 +286,19 @@ async def test_raw_audio_with_auto_encoding_on_realtime_names_only_its_encodings
         assert "mulaw" not in event.message and "alaw" not in event.message
 
 
+async def test_container_without_pyav_on_realtime_names_only_its_encodings(
+        server: Reson8Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from reson8_voice.server import audio_input
+
+    monkeypatch.setattr(audio_input, "pyav_available", lambda: False)
+    async with raw_connect(server.url + REALTIME) as ws:
+        await ws.send(b"OggS" + b"\x00" * 60)
+        event = parse_event(await asyncio.wait_for(ws.recv(), 10))
+        assert isinstance(event, ErrorEvent) and "PyAV" in event.message
+        assert "pcm_s16le" in event.message
+        assert "mulaw" not in event.message and "alaw" not in event.message
+
+
 def _streaming_wav_header(rate: int, fmt: int = 7, bits: int = 8) -> bytes:
     block = bits // 8
     return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " +

@@ -191,7 +191,7 @@ class AudioInput:
             if not pyav_available():
                 raise UnsupportedAudio(
                     f"{kind} audio needs PyAV on the server (pip install av); send WAV or "
-                    "raw audio with encoding=pcm_s16le|mulaw|alaw")
+                    f"raw audio with encoding={'|'.join(self._raw_encodings)}")
             self._container = FlacDecoder() if kind == "FLAC" else ContainerDecoder(kind)
             self._configure("pcm_s16le", 16000, 1)
             self._header_done = True
