@@ -532,22 +532,30 @@ async def test_a_token_in_the_url_is_a_credential() -> None:
     assert "token=***" in str(event) and TOKEN not in str(event)
 
 
-async def test_the_server_compares_keys_in_constant_time(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every key check of a real handshake goes through ``hmac.compare_digest`` (a plain
-    ``==`` gives the same answers, so only the call itself tells them apart): a wrong key
-    of another length, the right key, over the header and the bearer subprotocol."""
+@pytest.fixture
+def compared(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
+    """Every ``hmac.compare_digest`` call of the key checks, as its two byte strings."""
     import hmac
 
     from reson8_voice import auth
 
-    compared: list[tuple[bytes, bytes]] = []
+    calls: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
 
     def spy(a: Any, b: Any) -> bool:
-        compared.append((bytes(a), bytes(b)))
+        calls.append((bytes(a), bytes(b)))
         return real(a, b)
 
     monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    return calls
+
+
+async def test_the_server_compares_keys_in_constant_time(
+    compared: list[tuple[bytes, bytes]],
+) -> None:
+    """Every key check of a real handshake goes through ``hmac.compare_digest`` (a plain
+    ``==`` gives the same answers, so only the call itself tells them apart): a wrong key
+    of another length, the right key, over the header and the bearer subprotocol."""
     async with Reson8Server(ServerConfig(port=0, api_key=Secret(KEY)), scripted_runner()) as srv:
         with pytest.raises(Unauthorized):
             await connect_turns(srv.url, credentials=ApiKey.of(KEY[:-3]))
@@ -560,13 +568,10 @@ async def test_the_server_compares_keys_in_constant_time(monkeypatch: pytest.Mon
 
 
 async def test_the_other_dialects_compare_keys_in_constant_time(
-    monkeypatch: pytest.MonkeyPatch,
+    compared: list[tuple[bytes, bytes]],
 ) -> None:
     """The gateway and Scribe endpoints check their keys through ``hmac.compare_digest``
     too: a wrong key, a wrong Scribe ``token``, then the right key, each compared once."""
-    import hmac
-
-    from reson8_voice import auth
     from reson8_voice.dialects import (
         GatewayAuthError,
         GatewayConfig,
@@ -576,14 +581,6 @@ async def test_the_other_dialects_compare_keys_in_constant_time(
     from reson8_voice.dialects.gateway_client import connect_gateway
     from reson8_voice.dialects.scribe_client import connect_scribe
 
-    compared: list[tuple[bytes, bytes]] = []
-    real = hmac.compare_digest
-
-    def spy(a: Any, b: Any) -> bool:
-        compared.append((bytes(a), bytes(b)))
-        return real(a, b)
-
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
     key, wrong = KEY.encode(), b"wrong-" + KEY.encode()
     gateway = GatewayConfig(encoding="pcm_s16le", sample_rate=8000, channels=1)
     scribe = ScribeParams(audio_format="pcm_8000")
