@@ -141,7 +141,7 @@ class Reson8Connection(MessageStream[Event], Generic[P]):
     def __init__(self, ws: ClientConnection, params: P, url: str) -> None:
         self._ws = ws
         self.params: P = params
-        self.url = url
+        self.url = redact_url(url)  # public: a ?token= in it is a credential
 
     def __repr__(self) -> str:
         return f"<Reson8Connection {redact_url(self.url)}>"

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import pytest
 from hypothesis import given, settings
@@ -630,3 +631,28 @@ async def test_a_base64_token_in_the_subprotocol_is_refused_without_being_quoted
             pass
     assert "SECRET" not in reply.decode("latin-1")
     assert not any("SECRET" in line for line in log_lines)
+
+
+async def test_every_connection_url_masks_a_query_token() -> None:
+    """Found by the audit of issue 7: the connections' public ``url`` kept the credential.
+    Scribe's held a single-use ``token`` percent-encoded (``+``, ``/`` and ``=`` slipped
+    past ``redact``); the gateway's and Reson8's held a ``?token=`` put in the URL as is
+    (and the gateway's repr showed it)."""
+    from reson8_voice.dialects import GatewayConfig, ScribeParams
+    from reson8_voice.dialects.gateway_client import connect_gateway
+    from reson8_voice.dialects.scribe_client import connect_scribe
+
+    token = "tok+SINGLE/USE=5e6f"  # base64-ish: url-encoding changes it
+    async with Reson8Server(ServerConfig(port=0, api_key=Secret(token)), scripted_runner()) as srv:
+        scribe = await connect_scribe(srv.scribe_url, ScribeParams(audio_format="pcm_8000"),
+                                      token=token)
+        gateway = await connect_gateway(
+            f"{srv.url}?token={TOKEN}",
+            GatewayConfig(encoding="pcm_s16le", sample_rate=8000, channels=1), token)
+        turns = await connect_turns(f"{srv.url}?token={TOKEN}", credentials=ApiKey.of(token))
+        async with scribe, gateway, turns:
+            shown = [c.url for c in (scribe, gateway, turns)]
+            shown += [repr(c) for c in (scribe, gateway, turns)]
+    encoded = [quote(token, safe=""), quote_plus(token), quote(TOKEN, safe="")]
+    assert all("token=***" in url for url in shown[:3]), shown
+    assert not any(s in text for text in shown for s in (token, TOKEN, *encoded)), shown

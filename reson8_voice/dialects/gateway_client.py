@@ -21,7 +21,7 @@ from urllib.parse import urlunsplit
 
 from websockets.asyncio.client import ClientConnection
 
-from ..auth import Secret
+from ..auth import Secret, redact_url
 from ..client import MessageStream, open_websocket
 from ..errors import ConnectionClosed, InvalidRequest
 from ..params import split_ws_url
@@ -163,7 +163,7 @@ async def connect_gateway(
     ws = await open_websocket(full_url, headers, (secret,), allow_insecure=allow_insecure,
                               open_timeout=open_timeout, ping_interval=ping_interval,
                               ping_timeout=ping_timeout, ssl_context=ssl_context, **ws_options)
-    conn = GatewayConnection(ws, config, "", full_url)
+    conn = GatewayConnection(ws, config, "", redact_url(full_url))
     try:
         try:
             await conn.send(GatewayInit(config))

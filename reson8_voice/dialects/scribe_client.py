@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus
 
-from ..auth import Secret, redact
+from ..auth import Secret, redact_url
 from ..client import MessageStream, _closed, _rejection, open_websocket
 from ..errors import ConnectionClosed, Reson8Error
 from ..params import split_ws_url
@@ -176,7 +176,7 @@ async def connect_scribe(
                     continue
                 message = parse_scribe(raw)
                 if isinstance(message, ScribeSessionStarted):
-                    return ScribeConnection(ws, params, message, redact(full_url, tok))
+                    return ScribeConnection(ws, params, message, redact_url(full_url))
                 if isinstance(message, ScribeErrorEvent):
                     raise message.exception()
     except TimeoutError:
