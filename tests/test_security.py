@@ -656,3 +656,26 @@ async def test_every_connection_url_masks_a_query_token() -> None:
     encoded = [quote(token, safe=""), quote_plus(token), quote(TOKEN, safe="")]
     assert all("token=***" in url for url in shown[:3]), shown
     assert not any(s in text for text in shown for s in (token, TOKEN, *encoded)), shown
+
+
+async def test_scribe_messages_before_session_started_mask_the_key() -> None:
+    """Found by the audit of issue 7: ``connect_scribe`` parsed the messages before
+    ``session_started`` unredacted, so an ``auth_error`` (or a malformed message) echoing
+    the key put it in the exception."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from reson8_voice.dialects.scribe_client import connect_scribe
+
+    texts: list[str] = []
+    for payload in (json.dumps({"message_type": "auth_error", "error": f"bad key {KEY}"}),
+                    f"not json: {KEY}"):
+        async def echo(ws: ServerConnection, payload: str = payload) -> None:
+            await ws.send(payload)
+            await ws.wait_closed()
+
+        async with serve(echo, "127.0.0.1", 0) as server:
+            with pytest.raises(Reson8Error) as info:
+                await connect_scribe(f"ws://127.0.0.1:{_port(server)}", api_key=KEY)
+        texts += [str(info.value), repr(info.value), repr(info.value.args)]
+    assert all("***" in text for text in texts[::3]), texts
+    assert not any(KEY in text for text in texts), texts

@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.exceptions import InvalidStatus
 
-from ..auth import Secret, redact_url
+from ..auth import Secret, redact, redact_url
 from ..client import MessageStream, _closed, _rejection, open_websocket
 from ..errors import ConnectionClosed, Reson8Error
 from ..params import split_ws_url
@@ -174,7 +174,7 @@ async def connect_scribe(
                     raise _closed(exc) from None
                 if isinstance(raw, bytes):
                     continue
-                message = parse_scribe(raw)
+                message = parse_scribe(redact(raw, key, tok))  # a server may echo them
                 if isinstance(message, ScribeSessionStarted):
                     return ScribeConnection(ws, params, message, redact_url(full_url))
                 if isinstance(message, ScribeErrorEvent):
