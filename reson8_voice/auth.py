@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidRequest
 
@@ -186,8 +186,9 @@ def redact(text: str, *secrets: Secret | str | None) -> str:
     """``text`` with every occurrence of the given secrets replaced by ``***``."""
     for secret in secrets:
         value = secret.reveal() if isinstance(secret, Secret) else secret
-        if value:
-            text = text.replace(value, _REDACTED)
+        if value:  # also as a URL carries it: a server may echo the request's query
+            for form in (value, quote(value, safe=""), quote(value), quote_plus(value)):
+                text = text.replace(form, _REDACTED)
     return text
 
 

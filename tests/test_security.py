@@ -30,6 +30,7 @@ from reson8_voice import (
     parse_event,
     serialize_event,
 )
+from reson8_voice.auth import redact
 from reson8_voice.pipecat import Reson8TurnsSTTService
 from reson8_voice.server import Reson8Server, ServerConfig
 from reson8_voice.vad import VoiceActivityDetector
@@ -679,3 +680,18 @@ async def test_scribe_messages_before_session_started_mask_the_key() -> None:
         texts += [str(info.value), repr(info.value), repr(info.value.args)]
     assert all("***" in text for text in texts[::3]), texts
     assert not any(KEY in text for text in texts), texts
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="*"),
+               min_size=8, max_size=24))
+def test_redact_masks_a_secret_as_a_url_carries_it(secret: str) -> None:
+    """Found by the audit of issue 7: a server echoing the request path (``?token=`` is
+    percent-encoded there) got a token with ``+``, ``/`` or ``=`` past ``redact``."""
+    text = (f"path=/v1?token={quote(secret, safe='')} plus={quote_plus(secret)} "
+            f"raw={secret}")
+    masked = redact(text, secret)
+    assert masked.count("***") >= 3
+    assert all(form not in masked for form in (secret, quote(secret, safe=""),
+                                                quote_plus(secret)))
+    assert redact(f"?token={quote('tok+A/B=C', safe='')}", "tok+A/B=C") == "?token=***"
