@@ -247,3 +247,22 @@ async def test_client_session_and_typed_auth_error(server: Reson8Server) -> None
     with pytest.raises(InvalidRequest):  # never sends a key in clear to a remote host
         await connect_gateway("ws://example.com", config, KEY)
     assert gateway_url("wss://api.slng.ai") == "wss://api.slng.ai" + GATEWAY_PATH
+
+
+async def test_raw_audio_under_auto_is_told_only_the_encodings_init_accepts(
+    server: Reson8Server,
+) -> None:
+    # the config is realtime's (spec 000: auto or pcm_s16le): the error must not advise
+    # mulaw or alaw, which an init then refuses as invalid_config
+    headers = {"Authorization": f"Bearer {KEY}"}
+    async with raw_connect(server.url + GATEWAY_PATH, additional_headers=headers) as ws:
+        await ws.send(json.dumps({"type": "init", "config": {"encoding": "auto"}}))
+        ready = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ready["type"] == "ready"
+        await ws.send(_audio(bytes(3200))[0])
+        messages = await _read_until_closed(ws)
+        assert ws.close_code == 1003
+    assert messages[0]["type"] == "error" and messages[0]["code"] == "invalid_audio"
+    advice = messages[0]["message"]
+    assert "encoding=pcm_s16le" in advice
+    assert "mulaw" not in advice and "alaw" not in advice

@@ -203,7 +203,10 @@ class GatewaySession:
         await self._stream(ws, params)
 
     async def _stream(self, ws: ServerConnection, params: RealtimeParams) -> None:
-        audio = AudioInput(params.encoding, params.sample_rate, params.channels)
+        # the raw encodings named in an encoding=auto error are the gateway's own (its
+        # config is realtime's: pcm_s16le only), not AudioInput's default (turns' list)
+        audio = AudioInput(params.encoding, params.sample_rate, params.channels,
+                           tuple(e for e in RealtimeParams.ENCODINGS if e != "auto"))
         try:
             await self._stream_audio(ws, params, audio)
         finally:
