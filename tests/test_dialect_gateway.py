@@ -41,6 +41,7 @@ from reson8_voice.dialects import (
 )
 from reson8_voice.dialects.gateway import gateway_to_dict
 from reson8_voice.dialects.gateway_client import connect_gateway, gateway_url
+from reson8_voice.engine.turn_engine import EngineConfig
 from reson8_voice.server import Reson8Server, ServerConfig
 
 from .audio_fixtures import load_fixture
@@ -266,3 +267,27 @@ async def test_raw_audio_under_auto_is_told_only_the_encodings_init_accepts(
     advice = messages[0]["message"]
     assert "encoding=pcm_s16le" in advice
     assert "mulaw" not in advice and "alaw" not in advice
+
+
+async def test_partials_carry_a_confidence_like_the_documents_example() -> None:
+    # spec 002: {"type": "partial_transcript", "transcript": "Hello wor", "confidence": 0.85}
+    fx = load_fixture("short_answers")
+    config = ServerConfig(port=0, engine=EngineConfig(interim_interval_ms=200))
+    async with Reson8Server(config, scripted_runner()) as srv, \
+            raw_connect(srv.url + GATEWAY_PATH) as ws:
+        await ws.send(json.dumps({"type": "init", "config": {
+            "encoding": "pcm_s16le", "sample_rate": 8000, "channels": 1,
+            "enable_partials": True}}))
+        assert json.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "ready"
+        for message in _audio(fx.pcm16()[: (fx.turns[0].end_ms + 100) * 16]):
+            await ws.send(message)
+        await ws.send(json.dumps({"type": "finalize"}))
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while not got or got[-1]["type"] != "flush_confirmation":
+                got.append(json.loads(await ws.recv()))
+    partials = [m for m in got if m["type"] == "partial_transcript"]
+    assert partials
+    for partial in partials:
+        assert set(partial) == {"type", "transcript", "confidence"}
+        assert isinstance(partial["confidence"], float) and 0 < partial["confidence"] <= 1

@@ -10,7 +10,8 @@ protocol of spec 000 in JSON clothes, driven by the same
 - ``audio`` (base64) feeds the engine; ``finalize`` is a flush whose
   ``flush_confirmation`` carries a server-made id (``flush-001``, ...); ``keepalive`` is
   counted; ``close`` finishes the stream (the last finals are sent) and closes with 1000.
-- Finals carry ``confidence`` (mean word confidence), ``language`` and ``duration`` (s).
+- Partials and finals carry ``confidence`` (mean word confidence); finals also ``language``
+  and ``duration`` (s).
 
 Errors are ``error`` messages followed by a close: ``auth_error`` (no or a wrong
 ``Authorization: Bearer`` key, when the server has one), ``invalid_world_part`` (an
@@ -286,11 +287,12 @@ class GatewaySession:
         if isinstance(event, FlushConfirmation):
             await self._send(ws, GatewayFlushConfirmation(event.id))
         elif isinstance(event, Transcript):
-            if not event.final:
-                await self._send(ws, GatewayPartialTranscript(event.text))
-                return
+            # spec 002's examples carry a confidence on partials as on finals
             confidences = [w.confidence for w in event.words or () if w.confidence is not None]
             confidence = round(sum(confidences) / len(confidences), 3) if confidences else None
+            if not event.final:
+                await self._send(ws, GatewayPartialTranscript(event.text, confidence))
+                return
             duration = round(event.duration_ms / 1000, 3) if event.duration_ms is not None \
                 else None
             language = driver.language if driver is not None else None
