@@ -47,6 +47,7 @@ from reson8_voice.dialects import (
     serialize_scribe,
 )
 from reson8_voice.dialects.scribe_client import connect_scribe, scribe_url
+from reson8_voice.engine.turn_engine import Job, RecognizeJob
 from reson8_voice.server import Reson8Server, ServerConfig
 
 from .audio_fixtures import load_fixture
@@ -336,3 +337,38 @@ async def test_client_session_and_typed_errors(server: Reson8Server) -> None:
     url = scribe_url("wss://api.elevenlabs.io", params, Secret("tok"))
     assert url.startswith("wss://api.elevenlabs.io/v1/speech-to-text/realtime?model_id=")
     assert url.endswith("&token=tok")
+
+
+async def test_iso_639_3_language_codes_are_accepted_and_recognised_as_639_1() -> None:
+    # spec 004: language_code is "Language code in ISO 639-1 or ISO 639-3 format"
+    fx = load_fixture("short_answers")
+    run = scripted_runner()
+    asked: list[str | None] = []
+
+    def recording(job: Job) -> Any:
+        if isinstance(job, RecognizeJob):
+            asked.append(job.language)
+        return run(job)
+
+    async with Reson8Server(ServerConfig(port=0), recording,
+                            languages=frozenset({"en"})) as srv:
+        url = f"{srv.scribe_url}/v1/speech-to-text/realtime?" + urlencode(
+            {"model_id": "m", "audio_format": "pcm_8000", "language_code": "eng"})
+        async with raw_connect(url) as ws:
+            started = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            assert started["message_type"] == "session_started"
+            assert started["config"]["language_code"] == "eng"
+            for chunk in _chunks(fx.pcm16()[: fx.turns[0].end_ms * 16 + 4000], 8000):
+                await ws.send(chunk)
+            await ws.send(json.dumps({"message_type": "input_audio_chunk",
+                                      "audio_base_64": "", "commit": True,
+                                      "sample_rate": 8000}))
+            got = await _messages_until(ws, "committed_transcript")
+        assert got[-1]["text"] and asked and set(asked) == {"en"}
+        url = url.replace("language_code=eng", "language_code=deu")
+        async with raw_connect(url) as ws:
+            refused = json.loads(await asyncio.wait_for(ws.recv(), 10))
+            with pytest.raises(WsConnectionClosed):
+                await asyncio.wait_for(ws.recv(), 10)
+        assert refused["message_type"] == "input_error"
+        assert "language_code" in refused["error"] and "deu" in refused["error"]

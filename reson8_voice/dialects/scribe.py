@@ -95,6 +95,20 @@ AUDIO_FORMATS: dict[str, tuple[str, int]] = {
 CommitStrategy: TypeAlias = Literal["manual", "vad"]
 
 _MAX_KEYTERMS, _MAX_KEYTERM_CHARS = 50, 20
+
+#: ISO 639-3 -> ISO 639-1 for the languages a Whisper recogniser knows (spec 004 takes
+#: ``language_code`` in either form; the engine and its language checks use 639-1).
+_ISO639_3_TO_1: dict[str, str] = dict(pair.split(":") for pair in (
+    "afr:af amh:am ara:ar arb:ar asm:as aze:az bak:ba bel:be ben:bn bod:bo bos:bs bre:br "
+    "bul:bg cat:ca ces:cs cmn:zh cym:cy dan:da deu:de ell:el eng:en est:et eus:eu fao:fo "
+    "fas:fa fin:fi fra:fr glg:gl guj:gu hat:ht hau:ha heb:he hin:hi hrv:hr hun:hu hye:hy "
+    "ind:id isl:is ita:it jpn:ja kan:kn kat:ka kaz:kk khm:km kor:ko lao:lo lat:la lav:lv "
+    "lin:ln lit:lt ltz:lb mal:ml mar:mr mkd:mk mlg:mg mlt:mt mon:mn mri:mi msa:ms mya:my "
+    "nep:ne nld:nl nno:nn nor:no oci:oc pan:pa pes:fa pol:pl por:pt pus:ps ron:ro rus:ru "
+    "san:sa sin:si slk:sk slv:sl sna:sn snd:sd som:so spa:es sqi:sq srp:sr sun:su swa:sw "
+    "swe:sv tam:ta tat:tt tel:te tgk:tg tgl:tl tha:th tuk:tk tur:tr ukr:uk urd:ur uzb:uz "
+    "vie:vi yid:yi yor:yo zho:zh zsm:ms"
+).split())
 _LANGUAGE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
 _MODEL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -551,6 +565,16 @@ class ScribeParams:
         _check_range("vad_threshold", self.vad_threshold, 0.1, 0.9)
         _check_range("min_speech_duration_ms", self.min_speech_duration_ms, 50, 2000, True)
         _check_range("min_silence_duration_ms", self.min_silence_duration_ms, 50, 2000, True)
+
+    @property
+    def language(self) -> str | None:
+        """``language_code`` for the recogniser: an ISO 639-3 code (``eng``) as its ISO
+        639-1 form (``en``) where there is one, anything else as given."""
+        if self.language_code is None:
+            return None
+        primary, sep, rest = self.language_code.replace("_", "-").partition("-")
+        mapped = _ISO639_3_TO_1.get(primary.lower())
+        return self.language_code if mapped is None else mapped + sep + rest
 
     @property
     def encoding(self) -> str:

@@ -19,6 +19,8 @@ already owns the bare path), on the same
   ``min_speech_duration_ms`` the voiced run that starts one, ``vad_threshold`` picks the
   VAD's aggressiveness (< 0.25: 0, < 0.4: 1, < 0.65: 2, else 3). ``min_silence_duration_ms``
   is validated but has no separate knob in this segmenter.
+- ``language_code`` may be ISO 639-1 or 639-3 (spec 004): a 639-3 code is checked and
+  recognised as its 639-1 form (``eng`` -> ``en``); ``session_started`` echoes it as sent.
 - With ``include_timestamps`` or ``include_language_detection`` each commit is followed by
   ``committed_transcript_with_timestamps`` (words with ``start``/``end`` in seconds, and
   ``spacing`` items between them; ``language_code``).
@@ -126,9 +128,14 @@ class ScribeEndpoint:
         if error is None:
             try:
                 params = ScribeParams.from_query(pairs)
-                self.check_language(params.language_code)
             except InvalidRequest as exc:
                 error = ("input_error", str(exc))
+            else:
+                try:  # an ISO 639-3 code is checked (and recognised) as its 639-1 form
+                    self.check_language(params.language)
+                except InvalidRequest as exc:
+                    error = ("input_error", str(InvalidRequest(
+                        "language_code", _as_sent(exc.reason, params))))
         return ScribeSession(self, params, error)
 
     def engine_config(self, params: ScribeParams) -> EngineConfig:
@@ -144,6 +151,15 @@ class ScribeEndpoint:
         if params.min_speech_duration_ms is not None:
             changes["speech_start_ms"] = params.min_speech_duration_ms
         return engine_config_for(base, **changes)
+
+
+def _as_sent(reason: str, params: ScribeParams) -> str:
+    """A language refusal quoting ``language_code`` as the client sent it (not the 639-1
+    form that was checked)."""
+    sent, checked = params.language_code, params.language
+    if sent is None or checked is None or sent == checked:
+        return reason
+    return reason.replace(repr(checked[:40]), f"{sent[:40]!r} ({checked[:40]!r})", 1)
 
 
 def _words(words: tuple[Word, ...]) -> tuple[ScribeWord, ...]:
@@ -216,10 +232,10 @@ class ScribeSession:
         await self._send(ws, ScribeSessionStarted(self.session_id, self._config(params)))
         audio = AudioInput(params.encoding, params.sample_rate, 1)
         engine = TranscriptEngine(endpoint.engine_config(params), sample_rate=audio.output_rate,
-                                  language=params.language_code, include_interim=True,
+                                  language=params.language, include_interim=True,
                                   include_words=True, include_timestamps=True,
                                   include_confidence=True)
-        driver = EngineDriver(engine, endpoint.infer, params.language_code)
+        driver = EngineDriver(engine, endpoint.infer, params.language)
 
         async def emit(event: Event) -> None:
             await self._emit(ws, params, driver, event)
