@@ -372,3 +372,15 @@ async def test_iso_639_3_language_codes_are_accepted_and_recognised_as_639_1() -
                 await asyncio.wait_for(ws.recv(), 10)
         assert refused["message_type"] == "input_error"
         assert "language_code" in refused["error"] and "deu" in refused["error"]
+
+
+@pytest.mark.parametrize("header", ["", "xi_stale_key_from_an_old_config"])
+async def test_a_valid_token_authenticates_whatever_the_xi_api_key_header(
+    server: Reson8Server, header: str,
+) -> None:
+    # spec 004: a valid key in the xi-api-key header *or* a valid token in the token
+    # query parameter; "If provided, xi-api-key is no longer required"
+    url = _url(server, model_id="m", audio_format="pcm_8000", token=KEY)
+    async with raw_connect(url, additional_headers={"xi-api-key": header}) as ws:
+        first = json.loads(await asyncio.wait_for(ws.recv(), 10))
+    assert first["message_type"] == "session_started"

@@ -119,10 +119,13 @@ class ScribeEndpoint:
         error: tuple[str, str] | None = None
         key = self.config.api_key
         if key is not None:
+            # spec 004: a valid key in the xi-api-key header *or* a valid token in the
+            # query; with a token "xi-api-key is no longer required", so a stray (empty or
+            # stale) header does not refuse a valid token
             header = single_header(request.headers, "xi-api-key")
             token = next((v for k, v in pairs if k == "token"), None)
-            offered = header.strip() if isinstance(header, str) else token
-            if not offered or not key.matches(offered):
+            offered = [c for c in (header.strip() if header else None, token) if c]
+            if not any([key.matches(c) for c in offered]):
                 error = ("auth_error", "invalid or missing API key or token")
         params: ScribeParams | None = None
         if error is None:
