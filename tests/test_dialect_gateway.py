@@ -212,6 +212,9 @@ async def test_raw_client_session_from_the_document(server: Reson8Server) -> Non
     ({"Authorization": f"Bearer {KEY}"}, {"type": "audio", "data": ""}, "not_initialized"),
     ({"Authorization": f"Bearer {KEY}"}, {"type": "init", "config": {"sample_rate": 12}},
      "invalid_config"),
+    # an init was sent: a field of the wrong type is a bad config, not a missing init
+    ({"Authorization": f"Bearer {KEY}"}, {"type": "init", "config": {"sample_rate": "8000"}},
+     "invalid_config"),
 ])
 async def test_refusals_are_error_messages_then_a_close(
     server: Reson8Server, headers: dict[str, str], first: dict[str, Any] | None, code: str,

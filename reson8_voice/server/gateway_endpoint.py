@@ -6,7 +6,8 @@ protocol of spec 000 in JSON clothes, driven by the same
 
 - ``init`` first (within ``init_timeout_s``); its ``config`` becomes the realtime
   parameters (``enable_partials`` -> interim results); the answer is ``ready`` with a fresh
-  ``session_id``. A bad config is an ``invalid_config`` error naming the field.
+  ``session_id``. A bad config (a value out of range or of the wrong JSON type) is an
+  ``invalid_config`` error naming the field.
 - ``audio`` (base64) feeds the engine; ``finalize`` is a flush whose
   ``flush_confirmation`` carries a server-made id (``flush-001``, ...); ``keepalive`` is
   counted; ``close`` finishes the stream (the last finals are sent) and closes with 1000.
@@ -33,6 +34,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.http11 import Request
 
+from .._fields import decode_tagged
 from ..auth import BearerToken, parse_auth, single_header
 from ..dialects.gateway import (
     GATEWAY_PATH,
@@ -104,6 +106,14 @@ def realtime_engine(config: EngineConfig, params: RealtimeParams, rate: int, *,
                             include_words=words or params.include_words,
                             include_timestamps=words or params.include_timestamps,
                             include_confidence=words or params.include_confidence)
+
+
+def _is_init(text: str | bytes) -> bool:
+    """Whether ``text`` is a JSON object of type ``init`` (whatever its fields hold)."""
+    try:
+        return decode_tagged(text)[1] == "init"
+    except RemoteProtocolError:
+        return False
 
 
 def _header(request: Request, name: str) -> str | None:
@@ -188,7 +198,12 @@ class GatewaySession:
         try:
             message = parse_gateway(first)
         except RemoteProtocolError as exc:
-            await self._abort(ws, "not_initialized", f"expected 'init': {exc}", 1008)
+            # an init whose config has a field of the wrong type is a bad config, not a
+            # missing init
+            if _is_init(first):
+                await self._abort(ws, "invalid_config", str(exc), 1008)
+            else:
+                await self._abort(ws, "not_initialized", f"expected 'init': {exc}", 1008)
             return
         if not isinstance(message, GatewayInit):
             await self._abort(ws, "not_initialized", f"expected 'init', got "
