@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidRequest
 
@@ -182,13 +182,40 @@ def parse_auth(
     return None
 
 
+#: the named HTML references of the characters a secret may hold (``html.escape`` and
+#: HTML5's names for URL and base64 punctuation)
+_HTML_NAMES = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos", "/": "sol",
+               "+": "plus", "=": "equals", "%": "percnt", "#": "num", "?": "quest"}
+
+
+def _char_forms(c: str) -> str:
+    """A regex for one character of a secret in any of the encodings that carry text: as
+    itself, percent-encoded (``%2F``), a JSON or Python escape (``\\u002f``, ``\\/``,
+    with the backslash itself escaped any number of times, as a repr of JSON has it), or an
+    HTML character reference (``&#x2F;``, ``&#47;``, ``&sol;``)."""
+    code = ord(c)
+    forms = [f"(?i:%{code:02x})", rf"(?i:\\+u0*{code:x})", f"(?i:&#x0*{code:x};?)",
+             f"&#0*{code};?"]
+    if not c.isalnum():  # first: the escape's backslashes are part of the secret's spelling
+        forms.insert(0, rf"\\+{re.escape(c)}")  # JSON's \/ and \", repr's \' and \\
+    if c in _HTML_NAMES:
+        forms.append(f"&{_HTML_NAMES[c]};")
+    if c == " ":  # a space (a query value's '+', decoded) as the query carries it
+        forms.append(r"\+")
+    return "(?:" + "|".join([*forms, re.escape(c)]) + ")"
+
+
 def redact(text: str, *secrets: Secret | str | None) -> str:
-    """``text`` with every occurrence of the given secrets replaced by ``***``."""
+    """``text`` with every occurrence of the given secrets replaced by ``***``: as they are,
+    and as a URL, a JSON document, a repr or an HTML page would spell them (a server may
+    echo the request's query, or quote a key in a JSON error with ``\\/`` for ``/``; a
+    JSON message is redacted before it is decoded)."""
     for secret in secrets:
         value = secret.reveal() if isinstance(secret, Secret) else secret
-        if value:  # also as a URL carries it: a server may echo the request's query
-            for form in (value, quote(value, safe=""), quote(value), quote_plus(value)):
-                text = text.replace(form, _REDACTED)
+        if value and any(c in text for c in "%\\&+"):  # an encoded form is possible
+            text = re.sub("".join(map(_char_forms, value)), _REDACTED, text)
+        elif value:
+            text = text.replace(value, _REDACTED)
     return text
 
 
@@ -246,9 +273,8 @@ def redact_request(text: str, path: str, headers: Iterable[tuple[str, str]]) -> 
     query = urlsplit(path).query
     found.update(v for k, v in parse_qsl(query, keep_blank_values=True)
                  if k.lower() in _SECRET_PARAMS and v)
-    for secret in sorted(found, key=len, reverse=True):  # the whole value before its parts
-        text = text.replace(secret, _REDACTED)
-    return text
+    # the whole value before its parts
+    return redact(text, *sorted(found, key=len, reverse=True))
 
 
 class _HandshakeRedactor(logging.Filter):

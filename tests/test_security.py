@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
 from collections.abc import Iterator
@@ -334,15 +335,20 @@ async def _service_errors(url: str) -> list[str]:
     return [f.error for _, f in upstream.frames if isinstance(f, ErrorFrame)] + messages
 
 
-async def test_a_rejection_body_that_echoes_the_key_is_redacted(log_lines: list[str]) -> None:
+@pytest.mark.parametrize("spelling", ["plain", "json-escaped"])
+async def test_a_rejection_body_that_echoes_the_key_is_redacted(
+        spelling: str, log_lines: list[str]) -> None:
     """A server (or a proxy in front of it) that quotes the request back in its refusal:
     the key reaches no exception, ErrorFrame, event handler or log line. A 500 reports an
-    ErrorFrame too, like 400 and 401."""
+    ErrorFrame too, like 400 and 401. Also when the JSON body spells the key with escapes
+    (``\\uXXXX``, ``\\/``): the body was redacted as text, then decoded, key and all."""
     from reson8_voice.dialects.scribe_client import connect_scribe
 
+    echoed = KEY if spelling == "plain" else _json_escaped(KEY)
     texts: list[str] = []
     for status in (400, 401, 403, 500):
-        body = json.dumps({"code": "X", "message": f"bad header: Authorization: ApiKey {KEY}"})
+        body = ('{"code": "X", "message": "bad header: Authorization: ApiKey '
+                f'{echoed}"}}')
         server = await _http_server(status, body)
         url = f"ws://127.0.0.1:{_port(server)}"
         try:
@@ -361,7 +367,7 @@ async def test_a_rejection_body_that_echoes_the_key_is_redacted(log_lines: list[
             await server.wait_closed()
     blob = "\n".join(texts + log_lines)
     assert "bad header: Authorization: ApiKey ***" in blob  # the body did come through
-    assert KEY not in blob and KEY[8:] not in blob
+    assert KEY not in blob and KEY[8:] not in blob and _json_escaped(KEY)[-48:] not in blob
 
 
 def test_services_refuse_a_key_over_plain_ws_when_built() -> None:
@@ -459,24 +465,29 @@ async def test_a_failed_session_is_logged_without_the_request_credentials(
     assert key not in text and token not in text
 
 
+@pytest.mark.parametrize("spelling", ["plain", "json-escaped"])
 @pytest.mark.parametrize("service", ["turns", "realtime"])
 async def test_what_a_server_echoes_inside_a_session_is_redacted(
-    service: str, log_lines: list[str]
+    service: str, spelling: str, log_lines: list[str]
 ) -> None:
     """Upgrade rejections were redacted, but not what a server says once the session is
     open: an error event, a message that is not JSON, an unknown event and a close reason
     that quote the request's Authorization header reached ErrorFrames, pipecat's error
-    log and the service's warnings with the key in them."""
+    log and the service's warnings with the key in them. A JSON event spelling the key
+    with escapes got past the text redaction and was decoded into the event."""
     from websockets.asyncio.server import ServerConnection, serve
 
     from reson8_voice.pipecat import Reson8RealtimeSTTService
 
+    def spell(text: str) -> str:  # a JSON string's body
+        return json.dumps(text)[1:-1] if spelling == "plain" else _json_escaped(text)
+
     async def echo(ws: ServerConnection) -> None:
         assert ws.request is not None
         auth = ws.request.headers["Authorization"]
-        await ws.send(json.dumps({"type": "error", "code": "X", "message": f"bad {auth}"}))
+        await ws.send(f'{{"type": "error", "code": "X", "message": "bad {spell(auth)}"}}')
         await ws.send(f"garbage quoting {auth}")
-        await ws.send(json.dumps({"type": "weird", "echo": auth}))
+        await ws.send(f'{{"type": "weird", "echo": "{spell(auth)}"}}')
         await ws.close(1011, f"closing on {auth}"[:120])
 
     async with serve(echo, "127.0.0.1", 0, logger=STAND_IN_LOG) as server:
@@ -496,7 +507,7 @@ async def test_what_a_server_echoes_inside_a_session_is_redacted(
     errors = [f.error for _, f in upstream.frames if isinstance(f, ErrorFrame)]
     blob = "\n".join(errors + log_lines)
     assert "bad ApiKey ***" in blob  # the server's error did come through, masked
-    assert KEY not in blob and KEY[8:] not in blob
+    assert KEY not in blob and KEY[8:] not in blob and _json_escaped(KEY)[-48:] not in blob
 
 
 async def test_a_token_in_the_url_is_a_credential() -> None:
@@ -695,3 +706,28 @@ def test_redact_masks_a_secret_as_a_url_carries_it(secret: str) -> None:
     assert all(form not in masked for form in (secret, quote(secret, safe=""),
                                                 quote_plus(secret)))
     assert redact(f"?token={quote('tok+A/B=C', safe='')}", "tok+A/B=C") == "?token=***"
+
+
+def _json_escaped(secret: str) -> str:
+    """``secret`` as a JSON string's body that spells every character as ``\\uXXXX`` (as
+    valid as the plain spelling, and what an ``ensure_ascii`` or slash-escaping encoder
+    does to some of them)."""
+    return "".join(f"\\u{ord(c):04x}" for c in secret)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(st.characters(min_codepoint=33, max_codepoint=126, exclude_characters="*"),
+               min_size=8, max_size=24))
+def test_redact_masks_a_secret_as_json_a_repr_or_html_spell_it(secret: str) -> None:
+    """Found by the audit of issue 7: ``redact`` replaced the plain text only, so a server
+    quoting a key in JSON as ``r8\\/KEY`` or ``\\u002b`` got past it, and the message, once
+    decoded, carried the key itself into an exception or an event."""
+    spellings = [json.dumps(secret), json.dumps(secret).replace("/", "\\/"),
+                 f'"{_json_escaped(secret)}"', repr(json.dumps(secret).replace("/", "\\/")),
+                 html.escape(secret), "".join(f"&#x{ord(c):x};" for c in secret)]
+    for text in spellings:
+        masked = redact(f" {text} ", secret)
+        assert masked.startswith(" ") and masked.endswith(" ") and "***" in masked, text
+        assert secret not in masked and text not in masked
+    for document in spellings[:3]:
+        assert json.loads(redact(document, secret)) == "***"
