@@ -101,21 +101,35 @@ async def test_demo_call_prints_a_timeline_and_writes_the_report(tmp_path: Path)
 async def test_a_credential_in_the_url_or_key_stays_out_of_the_output_and_report(
         tmp_path: Path) -> None:
     """``--url`` with a ``?token=`` and ``--api-key``: neither reaches the terminal, the
-    services list, events.json or timeline.html."""
+    services list, any log line (loguru and the stdlib), events.json or timeline.html, in
+    any spelling (base64-style secrets change when percent-, JSON- or HTML-encoded)."""
+    import html
+    import logging
+    from urllib.parse import quote, quote_plus
+
     from loguru import logger
 
     from reson8_voice import Secret
     from reson8_voice.server import Reson8Server, ServerConfig
 
-    key, token = "r8_live_DEMOSECRET_77aa", "tok_DEMOTOKEN_55bb"
+    key, token = "r8+KeyDemo/Secret7=77aa==", "tok+TokDemo/Query5=55bb"
     lines: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.name}: {record.getMessage()}")
+
     sink = logger.add(lambda m: lines.append(str(m)), level="TRACE")
+    root, handler, level = logging.getLogger(), Capture(logging.DEBUG), logging.root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
     try:
         async with Reson8Server(ServerConfig(port=0, api_key=Secret(key)),
                                 scripted_runner()) as server:
             out = io.StringIO()
             options = DemoOptions(
-                url=f"{server.url}?token={token}", api_key=key, turns=(0,), speed=2.0,
+                url=f"{server.url}?token={quote(token, safe='')}", api_key=key, turns=(0,),
+                speed=2.0,
                 report_dir=tmp_path, caller_hangs_up=True, stt_options={"watchdog_s": 6.0},
                 llm_factory=lambda ctx: ScriptedReplyLLM((), fallback="Noted."),
                 tts_factory=lambda: EspeakTTSService(rate_wpm=300),
@@ -124,10 +138,16 @@ async def test_a_credential_in_the_url_or_key_stays_out_of_the_output_and_report
             result = await run_demo(options, TerminalPrinter(stream=out, color=False))
     finally:
         logger.remove(sink)
+        root.removeHandler(handler)
+        root.setLevel(level)
     assert result.summary.detected == 1  # the key was right: the server answered
     assert result.report is not None
     folder = result.report.parent
     blob = "\n".join([out.getvalue(), str(result.services), *lines,
                       *(p.read_text() for p in folder.iterdir())])
     assert "token=***" in blob  # the URL is reported, masked
-    assert key not in blob and token not in blob
+    for secret in (key, token):
+        spellings = (secret, quote(secret, safe=""), quote(secret), quote_plus(secret),
+                     json.dumps(secret)[1:-1], secret.replace("/", "\\/"),
+                     html.escape(secret), secret.split("/")[1].split("=")[0])
+        assert not [s for s in spellings if s in blob]
