@@ -23,7 +23,7 @@ import traceback
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from .errors import InvalidRequest
 
@@ -228,13 +228,18 @@ _SCHEMES = frozenset({"apikey", "bearer", "basic", "token"})  # not secrets them
 
 
 def url_credentials(url: str) -> tuple[str, ...]:
-    """The values of ``url``'s credential query parameters (those :func:`redact_url`
-    masks): a ``?token=`` is as secret as a header."""
-    query = urlsplit(url).query
-    if not query:
-        return ()
-    return tuple(v for k, v in parse_qsl(query, keep_blank_values=True)
-                 if k.lower() in _SECRET_PARAMS and v)
+    """The values of ``url``'s credential query parameters and its user info (what
+    :func:`redact_url` masks): a ``?token=`` or ``user:password@`` (websockets sends it as
+    Basic authorization) is as secret as a header."""
+    parts = urlsplit(url)
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    # the password; a lone user name too (a token put there), not a name beside a password
+    found = [unquote(v) for v in ((password,) if colon else (user,)) if v] if at else []
+    if parts.query:
+        found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
+                  if k.lower() in _SECRET_PARAMS and v]
+    return tuple(found)
 
 
 def redacted_repr(obj: Any) -> str:
@@ -249,8 +254,12 @@ def redacted_repr(obj: Any) -> str:
 
 
 def redact_url(url: str) -> str:
-    """``url`` (or a request path) with the values of credential query parameters masked."""
+    """``url`` (or a request path) with the values of credential query parameters and its
+    user info (``user:password@``) masked."""
     parts = urlsplit(url)
+    if "@" in parts.netloc:
+        parts = parts._replace(netloc=f"{_REDACTED}@{parts.netloc.rpartition('@')[2]}")
+        url = urlunsplit(parts)
     if not parts.query:
         return url
     pairs = parse_qsl(parts.query, keep_blank_values=True)

@@ -549,6 +549,38 @@ async def test_a_token_in_the_url_is_a_credential() -> None:
     assert "token=***" in str(event) and TOKEN not in str(event)
 
 
+async def test_a_password_in_the_url_is_a_credential(log_lines: list[str]) -> None:
+    """Found by the audit of issue 7: ``ws://user:password@host`` (websockets sends it as
+    Basic authorization) was shown whole by redact_url, so in every service's url and
+    repr, the agents' config reprs and a connection's url, and went over plain ws://."""
+    import base64
+
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from agents.twilio_bot.bot import BotConfig
+    from reson8_voice.demo.runner import DemoOptions
+
+    url = f"ws://reson8:{TOKEN}@127.0.0.1:9/"
+    stt = Reson8TurnsSTTService(url=url)
+    shown = [repr(BotConfig(reson8_url=url)), repr(DemoOptions(url=url)), stt.url, repr(stt)]
+    with pytest.raises(InvalidRequest) as info:
+        Reson8TurnsSTTService(url=f"ws://reson8:{TOKEN}@reson8.example.com/")
+    assert info.value.parameter == "url"
+
+    async def hello(ws: ServerConnection) -> None:
+        await ws.send(json.dumps({"type": "error", "code": "X", "message": "hello"}))
+
+    async with serve(hello, "127.0.0.1", 0, logger=STAND_IN_LOG) as server:
+        conn = await connect_turns(f"ws://reson8:{TOKEN}@127.0.0.1:{_port(server)}/")
+        async with conn:
+            await asyncio.wait_for(conn.recv(), 10)
+        shown += [conn.url, repr(conn)]
+    assert all("ws://***@127.0.0.1:" in text for text in shown), shown
+    basic = base64.b64encode(f"reson8:{TOKEN}".encode()).decode()
+    blob = "\n".join([*shown, str(info.value), *log_lines])
+    assert TOKEN not in blob and basic not in blob
+
+
 @pytest.fixture
 def compared(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bytes, bytes]]:
     """Every ``hmac.compare_digest`` call of the key checks, as its two byte strings."""
