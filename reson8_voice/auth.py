@@ -311,7 +311,17 @@ class _ConnectionRedactor(logging.LoggerAdapter[logging.Logger]):
         self.secrets = tuple(secrets)
 
     def _mask(self, value: object) -> object:
-        return value if isinstance(value, int | float) else redact(str(value), *self.secrets)
+        if isinstance(value, int | float):
+            return value
+        if (dataclasses.is_dataclass(value) and not isinstance(value, type)
+                and hasattr(value, "opcode")
+                and isinstance(getattr(value, "data", None), bytes | bytearray | memoryview)):
+            # a websockets Frame: printed, it elides a long payload's middle, and a secret
+            # cut there would keep its other half; mask the whole payload first
+            payload = bytes(value.data).decode("latin-1")  # type: ignore[attr-defined]
+            value = dataclasses.replace(
+                value, data=redact(payload, *self.secrets).encode("latin-1"))
+        return redact(str(value), *self.secrets)
 
     def log(self, level: int, msg: object, *args: object, exc_info: Any = None,
             **kwargs: Any) -> None:

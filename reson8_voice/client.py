@@ -116,7 +116,7 @@ class MessageStream(Generic[M]):
             raise _closed(exc, self._redact) from None
         if isinstance(message, bytes):
             raise RemoteProtocolError(f"unexpected binary message from {self._peer}",
-                                      self._redact(message[:64].decode("latin-1")))
+                                      self._redact(message.decode("latin-1"))[:64])
         return self._parse(self._redact(message))
 
     def __aiter__(self) -> MessageStream[M]:
