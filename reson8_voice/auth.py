@@ -188,16 +188,19 @@ _HTML_NAMES = {"&": "amp", "<": "lt", ">": "gt", '"': "quot", "'": "apos", "/": 
                "+": "plus", "=": "equals", "%": "percnt", "#": "num", "?": "quest"}
 
 
-def _char_forms(c: str) -> str:
+def _char_forms(c: str, first: bool = False) -> str:
     """A regex for one character of a secret in any of the encodings that carry text: as
     itself, percent-encoded (``%2F``), a JSON or Python escape (``\\u002f``, ``\\/``,
     with the backslash itself escaped any number of times, as a repr of JSON has it), or an
     HTML character reference (``&#x2F;``, ``&#47;``, ``&sol;``)."""
     code = ord(c)
-    forms = [f"(?i:%{code:02x})", rf"(?i:\\+u0*{code:x})", f"(?i:&#x0*{code:x};?)",
+    # a secret's first character spelled with backslashes starts only where a run of them
+    # starts: tried at every backslash of a long run, the match would be quadratic
+    start = r"(?<!\\)" if first else ""
+    forms = [f"(?i:%{code:02x})", rf"(?i:{start}\\+u0*{code:x})", f"(?i:&#x0*{code:x};?)",
              f"&#0*{code};?"]
     if not c.isalnum():  # first: the escape's backslashes are part of the secret's spelling
-        forms.insert(0, rf"\\+{re.escape(c)}")  # JSON's \/ and \", repr's \' and \\
+        forms.insert(0, rf"{start}\\+{re.escape(c)}")  # JSON's \/ and \", repr's \' and \\
     if c in _HTML_NAMES:
         forms.append(f"&{_HTML_NAMES[c]};")
     if c == " ":  # a space (a query value's '+', decoded) as the query carries it
@@ -213,7 +216,8 @@ def redact(text: str, *secrets: Secret | str | None) -> str:
     for secret in secrets:
         value = secret.reveal() if isinstance(secret, Secret) else secret
         if value and any(c in text for c in "%\\&+"):  # an encoded form is possible
-            text = re.sub("".join(map(_char_forms, value)), _REDACTED, text)
+            pattern = _char_forms(value[0], first=True) + "".join(map(_char_forms, value[1:]))
+            text = re.sub(pattern, _REDACTED, text)
         elif value:
             text = text.replace(value, _REDACTED)
     return text

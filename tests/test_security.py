@@ -748,6 +748,21 @@ def test_redact_masks_a_secret_as_a_url_carries_it(secret: str) -> None:
     assert redact(f"?token={quote('tok+A/B=C', safe='')}", "tok+A/B=C") == "?token=***"
 
 
+def test_redact_is_linear_in_a_run_of_backslashes() -> None:
+    """A secret's escaped spellings start with backslashes; tried at every backslash of a
+    long run, the pattern was quadratic: a server sending 300,000 of them would hold the
+    client for minutes (32,000 took 3 s). Run apart, so a regression is killed, not waited
+    for (the regex engine holds the GIL and ignores pytest's timeout)."""
+    import subprocess
+    import sys
+
+    code = ("from reson8_voice.auth import redact; t = chr(92) * 300_000 + 'x'; "
+            "print(redact(t, 'r8+KEY/SECRET=Ab9==') == t)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=30, check=True)
+    assert done.stdout.strip() == "True"
+
+
 def _json_escaped(secret: str) -> str:
     """``secret`` as a JSON string's body that spells every character as ``\\uXXXX`` (as
     valid as the plain spelling, and what an ``ensure_ascii`` or slash-escaping encoder
