@@ -753,6 +753,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=None, help="scripted calls (default 50)")
     parser.add_argument("--duration", type=float, default=None,
                         help="scripted soak seconds (default 60; 600 is the full target)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds after which the real-recognizer ladder starts no new "
+                        "step (default 120; 15 with --quick)")
     parser.add_argument("--per-call", type=int, default=12,
                         help="how many calls to list individually")
     parser.add_argument("--procs", type=int, default=0,
@@ -794,7 +797,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.scripted:
         ladder = [2, 4] if args.quick else [2, 4, 6, 8, 12, 16, 24]
         run_loop(real_mode(ladder, 12.0 if args.quick else 25.0,
-                              budget_s=15 if args.quick else 120, per_call=args.per_call,
+                              budget_s=args.budget or (15 if args.quick else 120),
+                              per_call=args.per_call,
                               procs=procs))
     print(f"done in {time.monotonic() - t0:.0f} s")
     return 0
