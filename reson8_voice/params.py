@@ -101,6 +101,11 @@ class _Params:
             if f.name.startswith("include_") and not isinstance(getattr(self, f.name), bool):
                 raise InvalidRequest(f.name, "must be a boolean")
 
+    @classmethod
+    def raw_encodings(cls) -> tuple[str, ...]:
+        """The endpoint's explicit encodings (all but ``auto``), for raw audio."""
+        return tuple(e for e in cls.ENCODINGS if e != "auto")
+
     @property
     def is_g711(self) -> bool:
         """Whether the audio is G.711 (mu-law or A-law), one byte per sample."""

@@ -432,7 +432,7 @@ class Reson8Server:
 
     async def _session(self, ws: ServerConnection, params: TurnsParams | RealtimeParams) -> None:
         audio = AudioInput(params.encoding, params.sample_rate, params.channels,
-                           tuple(e for e in params.ENCODINGS if e != "auto"))
+                           params.raw_encodings())
         try:
             await self._session_audio(ws, params, audio)
         finally:

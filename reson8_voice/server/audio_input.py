@@ -28,6 +28,7 @@ import soxr
 
 from .. import g711
 from ..errors import AudioFormatError
+from ..params import TurnsParams
 from .container import ContainerDecoder, FlacDecoder, pyav_available
 
 __all__ = ["AudioInput", "UnsupportedAudio"]
@@ -48,7 +49,7 @@ class AudioInput:
     """Turns a session's binary frames into engine PCM."""
 
     def __init__(self, encoding: str, sample_rate: int, channels: int,
-                 raw_encodings: tuple[str, ...] = ("pcm_s16le", "mulaw", "alaw")) -> None:
+                 raw_encodings: tuple[str, ...] = TurnsParams.raw_encodings()) -> None:
         """Start a decoder; with ``encoding='auto'`` the format comes from the header.
 
         ``raw_encodings``: the explicit encodings the endpoint accepts, named in the error

@@ -222,7 +222,7 @@ class GatewaySession:
         # the raw encodings named in an encoding=auto error are the gateway's own (its
         # config is realtime's: pcm_s16le only), not AudioInput's default (turns' list)
         audio = AudioInput(params.encoding, params.sample_rate, params.channels,
-                           tuple(e for e in RealtimeParams.ENCODINGS if e != "auto"))
+                           params.raw_encodings())
         try:
             await self._stream_audio(ws, params, audio)
         finally:
