@@ -15,6 +15,7 @@ the value must go on the wire, and :meth:`Secret.matches` (constant time) to com
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
 import logging
 import re
@@ -208,6 +209,13 @@ def _char_forms(c: str, first: bool = False) -> str:
     return "(?:" + "|".join([*forms, re.escape(c)]) + ")"
 
 
+@functools.lru_cache(maxsize=32)
+def _spellings(value: str) -> re.Pattern[str]:
+    """``value`` in every spelling :func:`_char_forms` knows, compiled once per secret
+    (:func:`redact` runs on every message a connection receives)."""
+    return re.compile(_char_forms(value[0], first=True) + "".join(map(_char_forms, value[1:])))
+
+
 def redact(text: str, *secrets: Secret | str | None) -> str:
     """``text`` with every occurrence of the given secrets replaced by ``***``: as they are,
     and as a URL, a JSON document, a repr or an HTML page would spell them (a server may
@@ -216,8 +224,7 @@ def redact(text: str, *secrets: Secret | str | None) -> str:
     for secret in secrets:
         value = secret.reveal() if isinstance(secret, Secret) else secret
         if value and any(c in text for c in "%\\&+"):  # an encoded form is possible
-            pattern = _char_forms(value[0], first=True) + "".join(map(_char_forms, value[1:]))
-            text = re.sub(pattern, _REDACTED, text)
+            text = _spellings(value).sub(_REDACTED, text)
         elif value:
             text = text.replace(value, _REDACTED)
     return text
@@ -236,10 +243,13 @@ def url_credentials(url: str) -> tuple[str, ...]:
     :func:`redact_url` masks): a ``?token=`` or ``user:password@`` (websockets sends it as
     Basic authorization) is as secret as a header."""
     parts = urlsplit(url)
+    found: list[str] = []
     userinfo, at, _ = parts.netloc.rpartition("@")
-    user, colon, password = userinfo.partition(":")
-    # the password; a lone user name too (a token put there), not a name beside a password
-    found = [unquote(v) for v in ((password,) if colon else (user,)) if v] if at else []
+    if at:  # the password; a lone user name too (a token put there), not one beside it
+        user, colon, password = userinfo.partition(":")
+        secret = password if colon else user
+        if secret:
+            found.append(unquote(secret))
     if parts.query:
         found += [v for k, v in parse_qsl(parts.query, keep_blank_values=True)
                   if k.lower() in _SECRET_PARAMS and v]
