@@ -144,7 +144,7 @@ class Reson8Connection(MessageStream[Event], Generic[P]):
         self.url = redact_url(url)  # public: a ?token= in it is a credential
 
     def __repr__(self) -> str:
-        return f"<Reson8Connection {redact_url(self.url)}>"
+        return f"<Reson8Connection {self.url}>"
 
     async def send_audio(self, audio: bytes) -> None:
         """Send one binary audio frame (encoded as the connection's ``encoding`` says)."""
